@@ -1,0 +1,138 @@
+//! `Listener`: a bound, listening TCP socket and its `accept(2)`.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::NetError;
+
+/// The `listen(2)` backlog the textbook server uses, and our default.
+///
+/// The kernel caps it at `net.core.somaxconn` (4096 on current Linux).
+pub const DEFAULT_BACKLOG: i32 = 128;
+
+/// A listening TCP socket, IPv4 or IPv6, close-on-exec, with `SO_REUSEADDR`.
+///
+/// An IPv6 listener is v6-only, so `[::]` and `0.0.0.0` on the same port are two
+/// listeners that never steal each other's connections.
+#[derive(Debug)]
+pub struct Listener {
+    inner: Socket,
+    local: SocketAddr,
+}
+
+impl Listener {
+    /// `socket(2)` + `setsockopt(SO_REUSEADDR)` + `bind(2)` + `listen(2)`.
+    ///
+    /// Bind port 0 to let the kernel pick a free port, then read it back with
+    /// [`Listener::local_addr`].
+    ///
+    /// # Errors
+    /// [`NetError::Socket`] if the socket cannot be created or configured,
+    /// [`NetError::Bind`] if the address is in use, not local or privileged,
+    /// [`NetError::Listen`] if `listen(2)` fails.
+    pub fn bind(addr: SocketAddr, backlog: i32) -> Result<Self, NetError> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|source| NetError::Socket { addr, source })?;
+        socket.set_reuse_address(true).map_err(|source| NetError::Socket { addr, source })?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true).map_err(|source| NetError::Socket { addr, source })?;
+        }
+        socket.bind(&addr.into()).map_err(|source| NetError::Bind { addr, source })?;
+        socket.listen(backlog).map_err(|source| NetError::Listen { addr, source })?;
+        let local = bound_addr(&socket).map_err(|source| NetError::Listen { addr, source })?;
+        tracing::debug!(%local, backlog, "listening");
+        Ok(Self { inner: socket, local })
+    }
+
+    /// Adopts a descriptor that is already a bound, listening TCP socket, such
+    /// as one inherited from systemd (`LISTEN_FDS`) or inetd. It is made
+    /// close-on-exec.
+    ///
+    /// # Errors
+    /// [`NetError::Inherit`] if the descriptor is not a listening stream socket
+    /// of an IP family.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self, NetError> {
+        let inherit = |source| NetError::Inherit { source };
+        let socket = Socket::from(fd);
+        let invalid = |what: &str| inherit(io::Error::new(io::ErrorKind::InvalidInput, what));
+        if socket.r#type().map_err(inherit)? != Type::STREAM {
+            return Err(invalid("not a stream socket"));
+        }
+        if !socket.is_listener().map_err(inherit)? {
+            return Err(invalid("socket is not listening"));
+        }
+        let local = bound_addr(&socket).map_err(inherit)?;
+        socket.set_cloexec(true).map_err(inherit)?;
+        tracing::debug!(%local, "adopted an inherited listener");
+        Ok(Self { inner: socket, local })
+    }
+
+    /// The address actually bound: after binding port 0, this has the real port.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// `accept(2)` (as `accept4` with `SOCK_CLOEXEC`): the next completed
+    /// connection and its peer's address.
+    ///
+    /// The stream is blocking even when the listener is not, because Linux does
+    /// not pass `O_NONBLOCK` on to accepted sockets.
+    ///
+    /// A signal does not make this retry behind the caller's back: it returns
+    /// [`NetError::Accept`] with [`io::ErrorKind::Interrupted`], so a loop that
+    /// also waits for shutdown requests sees them at once. Use
+    /// [`NetError::recovery`] to decide what to do with any failure.
+    ///
+    /// # Errors
+    /// [`NetError::Accept`], whatever the cause.
+    pub fn accept(&self) -> Result<(TcpStream, SocketAddr), NetError> {
+        let accept_err = |source| NetError::Accept { local: self.local, source };
+        let (socket, peer) = self.inner.accept().map_err(accept_err)?;
+        let peer = peer.as_socket().ok_or_else(|| {
+            accept_err(io::Error::new(io::ErrorKind::InvalidData, "peer is not an IP address"))
+        })?;
+        tracing::trace!(%peer, "accepted");
+        Ok((socket.into(), peer))
+    }
+
+    /// Makes [`Listener::accept`] return [`Recovery::Drained`](crate::Recovery::Drained)
+    /// instead of blocking when no connection is waiting. An event loop that polls
+    /// the listener needs this: a client can reset between the poll and the
+    /// accept, and a blocking accept would then stall the loop.
+    ///
+    /// # Errors
+    /// [`NetError::Mode`] if `fcntl(2)` fails.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> Result<(), NetError> {
+        self.inner
+            .set_nonblocking(nonblocking)
+            .map_err(|source| NetError::Mode { local: self.local, source })
+    }
+}
+
+fn bound_addr(socket: &Socket) -> io::Result<SocketAddr> {
+    socket.local_addr()?.as_socket().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "socket is not bound to an IP address")
+    })
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
+impl From<Listener> for OwnedFd {
+    fn from(listener: Listener) -> Self {
+        listener.inner.into()
+    }
+}

@@ -1,0 +1,264 @@
+//! `fork(2)` with its safety contract enforced, the child-side signal reset, and
+//! the one way a child ends.
+
+use std::io::{self, Write};
+use std::panic::{self, AssertUnwindSafe};
+use std::ptr;
+
+use nix::libc;
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::unistd::ForkResult;
+
+use crate::error::os;
+use crate::{ChildPid, ProcError, Signal};
+
+/// The two sides of a successful [`fork`], told apart by type.
+#[derive(Debug)]
+#[must_use = "the child side must end with InChild::exit"]
+pub enum Fork {
+    /// This is the parent; the value is the new child's pid.
+    Parent(ChildPid),
+    /// This is the new child, its signal mask empty and every caught signal
+    /// back to its default action (ignored ones stay ignored, as across
+    /// `execve(2)`). It must end with [`InChild::exit`].
+    Child(InChild),
+}
+
+/// Proof of being the child of a [`fork`], and its only way out.
+///
+/// Leaving a forked child any other way (returning into the parent's code,
+/// `std::process::exit`) would run the parent's destructors and flush its
+/// inherited buffers a second time.
+#[derive(Debug)]
+#[must_use = "the child must end with InChild::exit"]
+pub struct InChild {
+    /// Forked from a single-threaded process, so the child may take locks
+    /// (stdout's, the allocator's, the logger's).
+    may_lock: bool,
+}
+
+impl InChild {
+    /// The exit code of a child whose closure panicked (the same as a Rust
+    /// program whose main thread panics).
+    pub const PANIC_EXIT_CODE: i32 = 101;
+    /// The exit code of a child that could not reset its signal state
+    /// (`EX_OSERR` from sysexits.h); [`fork`] exits such a child itself.
+    pub const SETUP_EXIT_CODE: i32 = 71;
+
+    /// Gives every caught signal back its default action and unblocks all
+    /// signals, as `execve(2)` would; ignored signals stay ignored (so a write
+    /// to a vanished peer stays an `EPIPE` error rather than a silent death by
+    /// SIGPIPE, which Rust programs ignore), except SIGCHLD, which is reset to
+    /// its default so the child can wait for children of its own.
+    ///
+    /// Async-signal-safe: only `sigaction(2)` and `sigprocmask(2)`.
+    fn reset_signals(&self) -> Result<(), ProcError> {
+        for signo in 1..=libc::SIGRTMAX() {
+            if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+                continue;
+            }
+            // glibc reserves two real-time signals for itself and refuses them
+            // (EINVAL); they are not ours to reset.
+            let Some(handler) = current_handler(signo) else { continue };
+            let caught = handler != libc::SIG_DFL && handler != libc::SIG_IGN;
+            if caught || (signo == libc::SIGCHLD && handler != libc::SIG_DFL) {
+                set_default(signo).map_err(|source| ProcError::Disposition {
+                    signal: Signal::from_raw(signo).unwrap_or(Signal::CHLD),
+                    source,
+                })?;
+            }
+        }
+        SigSet::empty().thread_set_mask().map_err(|e| ProcError::Mask { source: os(e) })
+    }
+
+    /// Ends the child with `exit_code`: flushes the child's standard output
+    /// (only when forked from a single-threaded process: after a multi-threaded
+    /// fork its lock may be held by a thread that no longer exists), then
+    /// `_exit(2)`. No destructor, `atexit` hook or inherited buffer runs.
+    pub fn exit(self, exit_code: i32) -> ! {
+        if self.may_lock {
+            // Nothing useful can be done about a failed flush on the way out.
+            let _ = io::stdout().flush();
+        }
+        // SAFETY: `_exit` has no preconditions and is async-signal-safe; it ends
+        // the process without running any user-space cleanup.
+        unsafe { libc::_exit(exit_code) }
+    }
+
+    /// Runs `child` under `catch_unwind` and exits with its code; a panic exits
+    /// with [`InChild::PANIC_EXIT_CODE`].
+    fn run<F: FnOnce() -> i32>(self, child: F) -> ! {
+        let code = panic::catch_unwind(AssertUnwindSafe(child)).unwrap_or(Self::PANIC_EXIT_CODE);
+        self.exit(code)
+    }
+}
+
+/// The signal handler installed for `signo`, or `None` if it cannot be read.
+fn current_handler(signo: i32) -> Option<libc::sighandler_t> {
+    let mut old = std::mem::MaybeUninit::<libc::sigaction>::uninit();
+    // SAFETY: a null new action makes this a pure query; `old` is valid for a
+    // write of one `sigaction`.
+    let rc = unsafe { libc::sigaction(signo, ptr::null(), old.as_mut_ptr()) };
+    // SAFETY: on success the kernel filled in `old` completely.
+    (rc == 0).then(|| unsafe { old.assume_init() }.sa_sigaction)
+}
+
+fn set_default(signo: i32) -> io::Result<()> {
+    // SAFETY: all-zero bytes are a valid `sigaction`: SIG_DFL, an empty mask,
+    // no flags, no restorer.
+    let default: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: `default` is a valid action and a null old-action pointer is allowed.
+    let rc = unsafe { libc::sigaction(signo, &default, ptr::null_mut()) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// How many threads this process has, from `/proc/self/stat`.
+///
+/// # Errors
+/// [`ProcError::ThreadCount`] if the file cannot be read or parsed (no `/proc`,
+/// or out of descriptors).
+pub fn thread_count() -> Result<usize, ProcError> {
+    let stat = std::fs::read_to_string("/proc/self/stat")
+        .map_err(|source| ProcError::ThreadCount { source })?;
+    // The command name (field 2) is in parentheses and may itself contain
+    // spaces or parentheses, so count fields from the last ')'. After it come
+    // field 3 (state) onwards; num_threads is field 20.
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_comm.split_ascii_whitespace().nth(20 - 3).and_then(|n| n.parse().ok()).ok_or_else(|| {
+        ProcError::ThreadCount {
+            source: io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat format"),
+        }
+    })
+}
+
+/// `fork(2)`, refusing with [`ProcError::MultiThreaded`] unless this process has
+/// exactly one thread.
+///
+/// Only the calling thread survives a fork. If another thread held a lock (the
+/// allocator's, stdout's, a logger's) at that moment, the child would inherit
+/// it locked forever; with one thread, no lock can be held by anyone else, and
+/// the child may do anything. Standard output is flushed first, so bytes
+/// buffered by the parent are not written twice.
+///
+/// Prefer [`fork_child`], which also resets the child's signals and makes sure
+/// it ends through [`InChild::exit`].
+///
+/// # Errors
+/// [`ProcError::MultiThreaded`], [`ProcError::ThreadCount`],
+/// [`ProcError::Mask`], or [`ProcError::Fork`] (`EAGAIN` when a process limit
+/// is reached, `ENOMEM`).
+pub fn fork() -> Result<Fork, ProcError> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(ProcError::MultiThreaded { threads });
+    }
+    // SAFETY: the process has exactly one thread, checked just above; only this
+    // thread could have started another since, and it has not.
+    unsafe { fork_inner(true) }
+}
+
+/// `fork(2)` without the thread check, for callers such as test harnesses that
+/// are multi-threaded and know it.
+///
+/// # Safety
+/// If the process has more than one thread, the child must only do
+/// async-signal-safe work (see `signal-safety(7)`: no allocation, no locks, no
+/// logging, no panics) before it ends with [`InChild::exit`], which then does
+/// not flush standard output.
+///
+/// # Errors
+/// [`ProcError::Mask`] or [`ProcError::Fork`].
+pub unsafe fn fork_unchecked() -> Result<Fork, ProcError> {
+    // SAFETY: the caller upholds this function's contract, which is
+    // `fork_inner`'s with `may_lock` false.
+    unsafe { fork_inner(false) }
+}
+
+/// # Safety
+/// With `may_lock`, the process must be single-threaded; without it, the child
+/// must only do async-signal-safe work.
+unsafe fn fork_inner(may_lock: bool) -> Result<Fork, ProcError> {
+    // Written bytes still in our buffer would otherwise be copied into the child
+    // and written by both processes.
+    let _ = io::stdout().flush();
+    // Block every signal across the fork, so that no handler the parent may
+    // have installed runs in the child before its dispositions are reset.
+    let all = SigSet::all();
+    let previous = all
+        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+        .map_err(|e| ProcError::Mask { source: os(e) })?;
+    // SAFETY: the caller guarantees the thread precondition; the child branch
+    // below only calls async-signal-safe functions until it hands over to a
+    // caller who knows which side it is on.
+    let forked = unsafe { nix::unistd::fork() };
+    match forked {
+        Ok(ForkResult::Child) => {
+            let me = InChild { may_lock };
+            // A child that cannot reset its signals must not run the caller's
+            // code, and must not return an error either: the caller would take
+            // it for a failed fork and carry on as a second parent.
+            if let Err(err) = me.reset_signals() {
+                if may_lock {
+                    tracing::error!(error = %err, "child cannot reset its signals");
+                }
+                me.exit(InChild::SETUP_EXIT_CODE)
+            }
+            Ok(Fork::Child(me))
+        }
+        Ok(ForkResult::Parent { child }) => {
+            restore(&previous)?;
+            let pid = ChildPid::from_pid(child);
+            if may_lock {
+                tracing::trace!(pid = pid.as_raw(), "forked");
+            }
+            Ok(Fork::Parent(pid))
+        }
+        Err(errno) => {
+            restore(&previous)?;
+            Err(ProcError::Fork { source: os(errno) })
+        }
+    }
+}
+
+fn restore(previous: &SigSet) -> Result<(), ProcError> {
+    previous.thread_set_mask().map_err(|e| ProcError::Mask { source: os(e) })
+}
+
+/// Forks a child that runs `child` and exits with the code it returns; the
+/// parent gets the child's pid. The child never returns from this call.
+///
+/// In the child, before `child` runs, every caught signal gets its default
+/// action back and the signal mask is emptied (see [`Fork::Child`]).
+/// A panic in `child` is caught and ends the child with
+/// [`InChild::PANIC_EXIT_CODE`]; it never unwinds into the parent's code.
+///
+/// In the parent, `child` is dropped without being called, which closes any
+/// descriptor it owns (an accepted connection, typically). To close one of the
+/// parent's descriptors in the child only, capture a `&mut Option<_>` and
+/// `take()` it in the closure: the child's memory is a copy, the parent's value
+/// is untouched.
+///
+/// # Errors
+/// As [`fork`]: the process must be single-threaded.
+pub fn fork_child<F: FnOnce() -> i32>(child: F) -> Result<ChildPid, ProcError> {
+    match fork()? {
+        Fork::Parent(pid) => Ok(pid),
+        Fork::Child(me) => me.run(child),
+    }
+}
+
+/// [`fork_child`] without the thread check.
+///
+/// # Safety
+/// As [`fork_unchecked`]: if the process has more than one thread, `child`
+/// must only do async-signal-safe work, and must not panic.
+///
+/// # Errors
+/// [`ProcError::Mask`] or [`ProcError::Fork`].
+pub unsafe fn fork_child_unchecked<F: FnOnce() -> i32>(child: F) -> Result<ChildPid, ProcError> {
+    // SAFETY: forwarded from this function's own contract.
+    match unsafe { fork_unchecked() }? {
+        Fork::Parent(pid) => Ok(pid),
+        Fork::Child(me) => me.run(child),
+    }
+}

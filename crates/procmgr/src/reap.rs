@@ -1,0 +1,246 @@
+//! Reaping: `waitpid(2)` decoded into [`ChildExit`], and the [`Children`]
+//! registry that knows which live children are ours and what they are for.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::unistd::Pid;
+
+use crate::error::os;
+use crate::{ProcError, Signal, kill};
+
+/// The pid of a child process.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChildPid(i32);
+
+impl ChildPid {
+    /// Wraps a raw pid; `None` unless it is positive.
+    #[must_use]
+    pub fn from_raw(pid: i32) -> Option<Self> {
+        (pid > 0).then_some(Self(pid))
+    }
+
+    /// The raw pid.
+    #[must_use]
+    pub fn as_raw(self) -> i32 {
+        self.0
+    }
+
+    pub(crate) fn from_pid(pid: Pid) -> Self {
+        Self(pid.as_raw())
+    }
+}
+
+impl fmt::Display for ChildPid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for ChildPid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildExit {
+    /// It exited on its own with this status (`WIFEXITED`, `WEXITSTATUS`).
+    Exited(i32),
+    /// A signal killed it (`WIFSIGNALED`, `WTERMSIG`), perhaps dumping core
+    /// (`WCOREDUMP`).
+    Signaled {
+        /// The signal that killed it.
+        signal: Signal,
+        /// Whether it left a core dump.
+        core_dumped: bool,
+    },
+}
+
+impl ChildExit {
+    /// Decodes a raw `waitpid` status; `None` for a stop or continue report.
+    #[must_use]
+    pub fn from_wait_status(status: i32) -> Option<Self> {
+        if libc::WIFEXITED(status) {
+            Some(Self::Exited(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            let signal = Signal::from_raw(libc::WTERMSIG(status))?;
+            Some(Self::Signaled { signal, core_dumped: libc::WCOREDUMP(status) })
+        } else {
+            None
+        }
+    }
+
+    /// Exited with status 0.
+    #[must_use]
+    pub fn success(self) -> bool {
+        self == Self::Exited(0)
+    }
+}
+
+impl fmt::Display for ChildExit {
+    /// `exited with status 0`, `killed by signal 9 (SIGKILL)`,
+    /// `killed by signal 11 (SIGSEGV), core dumped`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Exited(code) => write!(f, "exited with status {code}"),
+            Self::Signaled { signal, core_dumped } => {
+                write!(f, "killed by signal {}", signal.as_raw())?;
+                if let Some(name) = signal.name() {
+                    write!(f, " ({name})")?;
+                }
+                if core_dumped {
+                    f.write_str(", core dumped")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `waitpid(-1, WNOHANG)`: reaps one child of this process that has ended.
+///
+/// `Ok(None)` means no child has ended yet, or there are no children at all.
+/// Call it in a loop until `None`: several exits can share one SIGCHLD.
+///
+/// # Errors
+/// [`ProcError::Wait`] for anything but "no children" (`ECHILD`).
+pub fn reap() -> Result<Option<(ChildPid, ChildExit)>, ProcError> {
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid, writable int; pid -1 and WNOHANG make this
+        // a non-blocking query for any child. nix's wrapper is avoided because it
+        // fails (after reaping!) on a real-time signal it has no name for.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        match pid {
+            0 => return Ok(None),
+            -1 => match Errno::last() {
+                Errno::EINTR => continue,
+                Errno::ECHILD => return Ok(None),
+                errno => return Err(ProcError::Wait { source: os(errno) }),
+            },
+            pid => {
+                // Without WUNTRACED/WCONTINUED only exits are reported.
+                let Some(exit) = ChildExit::from_wait_status(status) else { continue };
+                return Ok(Some((ChildPid(pid), exit)));
+            }
+        }
+    }
+}
+
+/// A child that was reaped, with what the registry knew of it.
+#[derive(Debug)]
+pub struct Reaped<T> {
+    /// Its pid, now free for reuse by the system.
+    pub pid: ChildPid,
+    /// How it ended.
+    pub exit: ChildExit,
+    /// What was registered for it with [`Children::insert`]; `None` for a child
+    /// that was never registered.
+    pub info: Option<T>,
+}
+
+/// The registry of live children, each with the caller's data (a peer address,
+/// a start time).
+///
+/// Register a child right after forking it and reap only through the registry,
+/// so the two never disagree; the registry reaps with `waitpid(-1)`, so it
+/// assumes every child of the process is its business.
+#[derive(Debug)]
+pub struct Children<T> {
+    live: HashMap<ChildPid, T>,
+}
+
+impl<T> Default for Children<T> {
+    fn default() -> Self {
+        Self { live: HashMap::new() }
+    }
+}
+
+impl<T> Children<T> {
+    /// An empty registry.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a live child. A pid registered twice keeps the newer data.
+    pub fn insert(&mut self, pid: ChildPid, info: T) {
+        self.live.insert(pid, info);
+    }
+
+    /// How many registered children are alive (not yet reaped).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// No registered child is alive.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// The data registered for a live child.
+    #[must_use]
+    pub fn get(&self, pid: ChildPid) -> Option<&T> {
+        self.live.get(&pid)
+    }
+
+    /// The live children's pids, in no particular order.
+    pub fn pids(&self) -> impl Iterator<Item = ChildPid> + '_ {
+        self.live.keys().copied()
+    }
+
+    /// Reaps one ended child, if any, and removes it from the registry.
+    ///
+    /// # Errors
+    /// As [`reap`].
+    pub fn reap(&mut self) -> Result<Option<Reaped<T>>, ProcError> {
+        let Some((pid, exit)) = reap()? else { return Ok(None) };
+        let info = self.live.remove(&pid);
+        if info.is_none() {
+            tracing::debug!(pid = pid.as_raw(), %exit, "reaped a child that was not registered");
+        }
+        Ok(Some(Reaped { pid, exit, info }))
+    }
+
+    /// Reaps every child that has ended, one item each, until none is left
+    /// (`waitpid(WNOHANG)` finds nothing). Stops after the first error.
+    pub fn reap_ready(&mut self) -> impl Iterator<Item = Result<Reaped<T>, ProcError>> + '_ {
+        let mut failed = false;
+        std::iter::from_fn(move || {
+            if failed {
+                return None;
+            }
+            let next = self.reap().transpose();
+            failed = matches!(next, Some(Err(_)));
+            next
+        })
+    }
+
+    /// Sends `signal` to every live child; returns how many were signalled.
+    /// A child that already exited but is not reaped yet is not an error.
+    ///
+    /// # Errors
+    /// The first [`ProcError::Kill`] other than "no such process"; the rest of
+    /// the children are still signalled.
+    pub fn signal_all(&self, signal: Signal) -> Result<usize, ProcError> {
+        let mut sent = 0;
+        let mut first_error = None;
+        for pid in self.pids() {
+            match kill(pid, signal) {
+                Ok(()) => sent += 1,
+                Err(ProcError::Kill { source, .. })
+                    if source.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        first_error.map_or(Ok(sent), Err)
+    }
+}

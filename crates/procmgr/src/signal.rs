@@ -1,0 +1,264 @@
+//! Signals: numbers, masks scoped by a guard, a `signalfd` to read them as data,
+//! and `poll(2)` on it beside the caller's descriptors.
+
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{self as nix_signal, SigSet, SigmaskHow};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::Pid;
+
+use crate::error::os;
+use crate::{ChildPid, ProcError};
+
+/// A signal number.
+///
+/// The constants name the signals a server deals with; [`Signal::from_raw`]
+/// accepts any number the kernel can deliver, real-time signals included, since
+/// a child can be killed by any of them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Signal(i32);
+
+impl Signal {
+    /// `SIGHUP`: the terminal hung up, or "reload" by convention.
+    pub const HUP: Self = Self(libc::SIGHUP);
+    /// `SIGINT`: Ctrl-C.
+    pub const INT: Self = Self(libc::SIGINT);
+    /// `SIGQUIT`: Ctrl-\.
+    pub const QUIT: Self = Self(libc::SIGQUIT);
+    /// `SIGKILL`: cannot be caught, blocked or ignored.
+    pub const KILL: Self = Self(libc::SIGKILL);
+    /// `SIGUSR1`.
+    pub const USR1: Self = Self(libc::SIGUSR1);
+    /// `SIGUSR2`.
+    pub const USR2: Self = Self(libc::SIGUSR2);
+    /// `SIGPIPE`: a write to a pipe or socket with no reader.
+    pub const PIPE: Self = Self(libc::SIGPIPE);
+    /// `SIGALRM`.
+    pub const ALRM: Self = Self(libc::SIGALRM);
+    /// `SIGTERM`: the polite request to stop.
+    pub const TERM: Self = Self(libc::SIGTERM);
+    /// `SIGCHLD`: a child stopped, continued or exited.
+    pub const CHLD: Self = Self(libc::SIGCHLD);
+
+    /// The signal with this number, if the kernel can deliver it (1 to 64 on Linux).
+    #[must_use]
+    pub fn from_raw(signo: i32) -> Option<Self> {
+        (1..=libc::SIGRTMAX()).contains(&signo).then_some(Self(signo))
+    }
+
+    /// The signal number.
+    #[must_use]
+    pub fn as_raw(self) -> i32 {
+        self.0
+    }
+
+    /// The conventional name (`"SIGTERM"`), or `None` for real-time signals.
+    #[must_use]
+    pub fn name(self) -> Option<&'static str> {
+        nix_signal::Signal::try_from(self.0).ok().map(nix_signal::Signal::as_str)
+    }
+
+    fn to_nix(self) -> Result<nix_signal::Signal, ProcError> {
+        nix_signal::Signal::try_from(self.0).map_err(|errno| ProcError::Mask { source: os(errno) })
+    }
+}
+
+impl fmt::Display for Signal {
+    /// `SIGTERM`, or `signal 40` for a number without a name.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => f.write_str(name),
+            None => write!(f, "signal {}", self.0),
+        }
+    }
+}
+
+impl fmt::Debug for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+fn sigset(signals: &[Signal]) -> Result<SigSet, ProcError> {
+    let mut set = SigSet::empty();
+    for signal in signals {
+        set.add(signal.to_nix()?);
+    }
+    Ok(set)
+}
+
+/// Restores the signal mask it was created with when dropped.
+#[derive(Debug)]
+#[must_use = "the previous mask is restored on drop"]
+pub struct MaskGuard {
+    previous: SigSet,
+}
+
+impl Drop for MaskGuard {
+    fn drop(&mut self) {
+        if let Err(errno) = self.previous.thread_set_mask() {
+            tracing::warn!(error = %errno, "cannot restore the signal mask");
+        }
+    }
+}
+
+/// `pthread_sigmask(SIG_BLOCK)`: blocks `signals` in the calling thread until the
+/// guard is dropped. A blocked signal stays pending instead of being delivered.
+///
+/// In a single-threaded process this is the process mask. Threads spawned while
+/// the guard lives inherit the blocked mask.
+///
+/// # Errors
+/// [`ProcError::Mask`] for a signal that cannot be blocked or a failed call.
+pub fn block(signals: &[Signal]) -> Result<MaskGuard, ProcError> {
+    let set = sigset(signals)?;
+    let previous = set
+        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+        .map_err(|e| ProcError::Mask { source: os(e) })?;
+    Ok(MaskGuard { previous })
+}
+
+/// `kill(2)`: sends `signal` to one child.
+///
+/// # Errors
+/// [`ProcError::Kill`], for instance `ESRCH` when the process is already gone
+/// (reaped) or `EPERM`.
+pub fn kill(pid: ChildPid, signal: Signal) -> Result<(), ProcError> {
+    let kill_err = |errno| ProcError::Kill { pid, signal, source: os(errno) };
+    nix_signal::kill(
+        Pid::from_raw(pid.as_raw()),
+        signal.to_nix().map_err(|_| kill_err(Errno::EINVAL))?,
+    )
+    .map_err(kill_err)
+}
+
+/// Signals read as data: the named signals are blocked and arrive through a
+/// non-blocking, close-on-exec `signalfd(2)` that the caller polls.
+///
+/// This replaces a signal handler. Nothing runs asynchronously, so there is no
+/// async-signal-safety to get wrong, and a signal that arrives while the caller
+/// is busy stays readable until it is read.
+///
+/// Create it before spawning threads or forking: the mask is per thread, and a
+/// thread that does not block the signals would take them instead. Dropping it
+/// closes the descriptor and then restores the previous mask, at which point
+/// any signal still pending (unread) is delivered normally.
+#[derive(Debug)]
+pub struct Signals {
+    // Field order is drop order: close the descriptor, then unblock.
+    fd: SignalFd,
+    _blocked: MaskGuard,
+}
+
+/// What [`Signals::wait`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Wakeup<const N: usize> {
+    /// A signal can be read with [`Signals::next`].
+    pub signaled: bool,
+    /// For each of the caller's descriptors: readable, or in an error or hang-up
+    /// state that the next read or accept will report.
+    pub ready: [bool; N],
+}
+
+impl Signals {
+    /// Blocks `signals` and opens a `signalfd` for them.
+    ///
+    /// # Errors
+    /// [`ProcError::Mask`] if the mask cannot be changed, [`ProcError::SignalFd`]
+    /// if the descriptor cannot be created.
+    pub fn new(signals: &[Signal]) -> Result<Self, ProcError> {
+        let set = sigset(signals)?;
+        let blocked = block(signals)?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|e| ProcError::SignalFd { source: os(e) })?;
+        Ok(Self { fd, _blocked: blocked })
+    }
+
+    /// Reads one pending signal, or `None` when none is pending. Never blocks.
+    ///
+    /// Standard signals coalesce: ten children exiting at once may be one
+    /// SIGCHLD, which is why reaping loops until `waitpid` finds nothing.
+    ///
+    /// # Errors
+    /// [`ProcError::ReadSignal`] if `read(2)` fails.
+    pub fn next(&self) -> Result<Option<Signal>, ProcError> {
+        loop {
+            match self.fd.read_signal() {
+                Ok(Some(info)) => {
+                    let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
+                    tracing::trace!(signo, sender = info.ssi_pid, "signal read");
+                    // The kernel only queues signals from our mask, all valid.
+                    return Ok(Signal::from_raw(signo));
+                }
+                Ok(None) => return Ok(None),
+                Err(Errno::EINTR) => continue,
+                Err(errno) => return Err(ProcError::ReadSignal { source: os(errno) }),
+            }
+        }
+    }
+
+    /// `poll(2)`: waits until a signal is pending, one of `others` is readable,
+    /// or `timeout` passes (`None` waits forever).
+    ///
+    /// A `None` slot in `others` is skipped and reported not ready, so the
+    /// caller can stop watching a descriptor (a listener at its child limit, say)
+    /// without renumbering the rest. An interruption by a signal outside the
+    /// mask returns with nothing ready rather than an error.
+    ///
+    /// # Errors
+    /// [`ProcError::Poll`] if `poll(2)` fails.
+    pub fn wait<const N: usize>(
+        &self,
+        others: [Option<BorrowedFd<'_>>; N],
+        timeout: Option<Duration>,
+    ) -> Result<Wakeup<N>, ProcError> {
+        let interest = PollFlags::POLLIN;
+        let mut fds = Vec::with_capacity(N + 1);
+        fds.push(PollFd::new(self.fd.as_fd(), interest));
+        let mut slots = [None; N];
+        for (slot, fd) in slots.iter_mut().zip(others) {
+            if let Some(fd) = fd {
+                *slot = Some(fds.len());
+                fds.push(PollFd::new(fd, interest));
+            }
+        }
+        let mut wakeup = Wakeup { signaled: false, ready: [false; N] };
+        match poll(&mut fds, poll_timeout(timeout)) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => return Ok(wakeup),
+            Err(errno) => return Err(ProcError::Poll { source: os(errno) }),
+        }
+        let fired = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+        wakeup.signaled = fired(&fds[0]);
+        for (ready, slot) in wakeup.ready.iter_mut().zip(slots) {
+            *ready = slot.is_some_and(|i| fired(&fds[i]));
+        }
+        Ok(wakeup)
+    }
+}
+
+/// Rounds up to whole milliseconds, so a wait of 0.4 ms sleeps instead of
+/// spinning, and clamps to what `poll(2)` accepts.
+fn poll_timeout(timeout: Option<Duration>) -> PollTimeout {
+    let Some(timeout) = timeout else { return PollTimeout::NONE };
+    let millis = timeout.as_nanos().div_ceil(1_000_000);
+    PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
+}
+
+impl AsFd for Signals {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Signals {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}

@@ -1,0 +1,209 @@
+//! Unit tests. The test harness is multi-threaded, so children forked here only
+//! do async-signal-safe work (`_exit`, `pause`), through the unchecked entry
+//! points. The single-threaded paths (the checked fork, SIGCHLD through the
+//! signalfd, the child's signal reset, panics) are covered by the
+//! `single_threaded` test target, which has no harness.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::libc;
+
+use crate::{ChildExit, ChildPid, Children, ProcError, Signal, Signals};
+
+/// `waitpid(-1)` in one test would reap another test's children.
+static FORK_LOCK: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    FORK_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Forks a child that only calls `_exit(code)`.
+fn spawn_exiting(code: i32) -> ChildPid {
+    // SAFETY: the child only returns an integer, and `fork_child_unchecked`
+    // then calls `_exit`; nothing in between allocates or locks.
+    unsafe { crate::fork_child_unchecked(move || code) }.unwrap()
+}
+
+/// Forks a child that waits for a signal forever.
+fn spawn_pausing() -> ChildPid {
+    let child = || loop {
+        // SAFETY: pause(2) is async-signal-safe and has no preconditions.
+        unsafe { libc::pause() };
+    };
+    // SAFETY: the child only calls pause(2), which is async-signal-safe.
+    unsafe { crate::fork_child_unchecked(child) }.unwrap()
+}
+
+/// Reaps through `children` until `pid` shows up, for at most 10 s.
+fn reap_until<T>(children: &mut Children<T>, pid: ChildPid) -> crate::Reaped<T> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(reaped) = children.reap().unwrap() {
+            if reaped.pid == pid {
+                return reaped;
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    panic!("child {pid} was not reaped within 10 s");
+}
+
+#[test]
+fn reaps_a_child_that_exits_with_a_code() {
+    let _guard = lock();
+    let mut children = Children::new();
+    let pid = spawn_exiting(7);
+    children.insert(pid, "seven");
+    assert_eq!(children.len(), 1);
+    let reaped = reap_until(&mut children, pid);
+    assert_eq!(reaped.exit, ChildExit::Exited(7));
+    assert_eq!(reaped.info, Some("seven"));
+    assert!(children.is_empty());
+    assert_eq!(reaped.exit.to_string(), "exited with status 7");
+}
+
+#[test]
+fn reaps_a_child_killed_by_a_signal() {
+    let _guard = lock();
+    let mut children = Children::new();
+    let pid = spawn_pausing();
+    children.insert(pid, ());
+    assert_eq!(children.signal_all(Signal::KILL).unwrap(), 1);
+    let reaped = reap_until(&mut children, pid);
+    assert_eq!(reaped.exit, ChildExit::Signaled { signal: Signal::KILL, core_dumped: false });
+    assert_eq!(reaped.exit.to_string(), "killed by signal 9 (SIGKILL)");
+    assert!(!reaped.exit.success());
+}
+
+#[test]
+fn reaps_every_child_even_when_exits_coalesce() {
+    let _guard = lock();
+    let mut children = Children::new();
+    let pids: Vec<_> = (0..8).map(|i| (spawn_exiting(i), i)).collect();
+    for &(pid, code) in &pids {
+        children.insert(pid, code);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while !children.is_empty() && Instant::now() < deadline {
+        for reaped in children.reap_ready() {
+            let reaped = reaped.unwrap();
+            assert_eq!(reaped.exit, ChildExit::Exited(reaped.info.unwrap()));
+            seen.push(reaped.pid);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    seen.sort();
+    let mut expected: Vec<_> = pids.iter().map(|&(pid, _)| pid).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert!(children.reap().unwrap().is_none(), "nothing left, no error either");
+}
+
+#[test]
+fn unregistered_children_are_reaped_without_info() {
+    let _guard = lock();
+    let mut children: Children<()> = Children::new();
+    let pid = spawn_exiting(3);
+    let reaped = reap_until(&mut children, pid);
+    assert_eq!(reaped.info, None);
+    assert_eq!(reaped.exit, ChildExit::Exited(3));
+}
+
+#[test]
+fn refuses_to_fork_a_multithreaded_process() {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let helper = std::thread::spawn(move || rx.recv());
+    let err = crate::fork_child(|| 0).unwrap_err();
+    assert!(matches!(err, ProcError::MultiThreaded { threads } if threads >= 2), "{err:?}");
+    assert!(err.to_string().starts_with("refusing to fork: the process has"));
+    drop(tx);
+    helper.join().unwrap().unwrap_err();
+}
+
+#[test]
+fn counts_threads() {
+    let before = crate::thread_count().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let helper = std::thread::spawn(move || rx.recv());
+    assert!(crate::thread_count().unwrap() > before.min(1));
+    drop(tx);
+    helper.join().unwrap().unwrap_err();
+}
+
+#[test]
+fn decodes_raw_wait_statuses() {
+    assert_eq!(ChildExit::from_wait_status(3 << 8), Some(ChildExit::Exited(3)));
+    assert_eq!(
+        ChildExit::from_wait_status(libc::SIGSEGV | 0x80),
+        Some(ChildExit::Signaled { signal: Signal::from_raw(11).unwrap(), core_dumped: true })
+    );
+    // A stop report (0x7f in the low byte) is not an exit.
+    assert_eq!(ChildExit::from_wait_status((libc::SIGSTOP << 8) | 0x7f), None);
+    let rt = ChildExit::from_wait_status(40).unwrap();
+    assert_eq!(rt.to_string(), "killed by signal 40");
+    let segv = ChildExit::Signaled { signal: Signal::from_raw(11).unwrap(), core_dumped: true };
+    assert_eq!(segv.to_string(), "killed by signal 11 (SIGSEGV), core dumped");
+}
+
+#[test]
+fn signal_numbers_are_checked() {
+    assert_eq!(Signal::from_raw(0), None);
+    assert_eq!(Signal::from_raw(65), None);
+    assert_eq!(Signal::from_raw(15), Some(Signal::TERM));
+    assert_eq!(Signal::TERM.to_string(), "SIGTERM");
+    assert_eq!(Signal::from_raw(40).unwrap().to_string(), "signal 40");
+    assert_eq!(ChildPid::from_raw(0), None);
+    assert_eq!(ChildPid::from_raw(42).unwrap().as_raw(), 42);
+}
+
+#[test]
+fn signalfd_reports_a_blocked_signal_and_descriptors() {
+    let signals = Signals::new(&[Signal::USR1]).unwrap();
+    let (mut tx, rx) = UnixStream::pair().unwrap();
+
+    // Nothing pending: the timeout ends the wait.
+    let wakeup = signals.wait([Some(rx.as_fd()), None], Some(Duration::from_millis(10))).unwrap();
+    assert!(!wakeup.signaled);
+    assert_eq!(wakeup.ready, [false, false]);
+    assert_eq!(signals.next().unwrap(), None);
+
+    // raise(3) targets this thread, which blocks SIGUSR1: it stays pending and
+    // shows up on the signalfd instead of killing the test.
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR1).unwrap();
+    tx.write_all(b"x").unwrap();
+    let wakeup = signals.wait([Some(rx.as_fd()), None], Some(Duration::from_secs(5))).unwrap();
+    assert!(wakeup.signaled);
+    assert_eq!(wakeup.ready, [true, false]);
+    assert_eq!(signals.next().unwrap(), Some(Signal::USR1));
+    assert_eq!(signals.next().unwrap(), None);
+}
+
+#[test]
+fn mask_guard_restores_the_previous_mask() {
+    use nix::sys::signal::{SigSet, Signal as NixSignal};
+    let before = SigSet::thread_get_mask().unwrap();
+    assert!(!before.contains(NixSignal::SIGUSR2));
+    {
+        let _guard = crate::block(&[Signal::USR2]).unwrap();
+        assert!(SigSet::thread_get_mask().unwrap().contains(NixSignal::SIGUSR2));
+    }
+    assert_eq!(SigSet::thread_get_mask().unwrap(), before);
+}
+
+#[test]
+fn signalling_a_reaped_child_is_an_error() {
+    let _guard = lock();
+    let mut children = Children::new();
+    let pid = spawn_exiting(0);
+    children.insert(pid, ());
+    reap_until(&mut children, pid);
+    let err = crate::kill(pid, Signal::TERM).unwrap_err();
+    assert!(matches!(err, ProcError::Kill { .. }));
+    assert_eq!(children.signal_all(Signal::TERM).unwrap(), 0, "nobody is left to signal");
+}
