@@ -43,7 +43,7 @@ impl Listener {
         socket.bind(&addr.into()).map_err(|source| NetError::Bind { addr, source })?;
         socket.listen(backlog).map_err(|source| NetError::Listen { addr, source })?;
         let local = bound_addr(&socket).map_err(|source| NetError::Listen { addr, source })?;
-        tracing::debug!(%local, backlog, "listening");
+        tracing::trace!(%local, backlog, "bound and listening");
         Ok(Self { inner: socket, local })
     }
 

@@ -1,1 +1,132 @@
-fn main() {}
+//! `echo-server`: the fork-per-connection echo server.
+//!
+//! Only wiring: parse the arguments, set up logging, block the signals the
+//! event loop reads, bind, and hand over to [`serve::run`]. Each connection is
+//! served by a child process ([`conn::serve`]); the parent only accepts, forks
+//! and reaps.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod conn;
+mod serve;
+
+use std::error::Error;
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use procmgr::{Signal, Signals};
+use tracing_subscriber::EnvFilter;
+
+/// The port used when none is given: unprivileged, so no root is needed.
+const DEFAULT_PORT: u16 = 7000;
+
+/// A multi-process TCP echo server: one child process per connection.
+///
+/// Every byte a client sends is written back to it. The parent process accepts
+/// connections, forks a child for each, and reaps the children as they exit,
+/// logging how each one ended. SIGTERM or SIGINT stops it gracefully.
+#[derive(Debug, Parser)]
+#[command(name = "echo-server", version)]
+struct Args {
+    /// TCP port to listen on; 0 picks a free one (the log says which).
+    #[arg(default_value_t = DEFAULT_PORT)]
+    port: u16,
+
+    /// Local address to bind: IPv4 or IPv6 (an IPv6 listener is v6-only).
+    #[arg(short, long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+          value_parser = parse_ip)]
+    bind: IpAddr,
+
+    /// Length of the kernel's queue of connections waiting to be accepted.
+    #[arg(long, value_name = "N", default_value_t = netcore::DEFAULT_BACKLOG,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    backlog: i32,
+
+    /// Most children alive at once; further clients wait in the backlog until
+    /// one leaves, instead of exhausting the process table.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_children: u32,
+
+    /// On SIGTERM or SIGINT, how long children may finish on their own before
+    /// they are sent SIGTERM (and SIGKILL 2 s later). A second signal skips it.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_secs)]
+    grace: f64,
+
+    /// Log more: -v shows each connection's data, -vv everything.
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+
+    /// Log only warnings and errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// An IP address, with or without the brackets of an IPv6 literal.
+fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    bare.parse().map_err(|_| format!("'{text}' is not an IPv4 or IPv6 address"))
+}
+
+/// A non-negative, finite number of seconds.
+fn parse_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => Ok(secs),
+        _ => Err(format!("'{text}' is not a number of seconds between 0 and 86400")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(match (args.quiet, args.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    });
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", chain(err.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), Box<dyn Error>> {
+    // Block the signals the loop reads before anything else, and long before
+    // the first fork: a child that exits at once cannot be missed, and a Ctrl-C
+    // during start-up becomes a clean exit.
+    let signals = Signals::new(&[Signal::CHLD, Signal::TERM, Signal::INT])?;
+    let listener = netcore::Listener::bind(SocketAddr::new(args.bind, args.port), args.backlog)?;
+    let config = serve::Config {
+        max_children: usize::try_from(args.max_children)?,
+        grace: Duration::from_secs_f64(args.grace),
+    };
+    tracing::info!(pid = std::process::id(), "listening on {}", listener.local_addr());
+    serve::run(listener, signals, &config)?;
+    Ok(())
+}
+
+/// Sets up logging to stderr, `level` unless `RUST_LOG` says otherwise.
+///
+/// The subscriber writes each event synchronously from the calling thread:
+/// a writer thread would make the process multi-threaded, and fork refuses that.
+fn init_tracing(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// An error and its causes on one line:
+/// `cannot bind 0.0.0.0:7000: Address already in use (os error 98)`.
+fn chain(err: &(dyn Error + 'static)) -> String {
+    let causes = std::iter::successors(Some(err), |&e| e.source()).map(ToString::to_string);
+    causes.collect::<Vec<_>>().join(": ")
+}

@@ -1,0 +1,281 @@
+//! The parent's event loop: wait on the signalfd and the listener, accept,
+//! fork a child per connection, reap children, and shut down in stages.
+//!
+//! One `poll(2)` waits for everything, so a SIGCHLD, a SIGTERM and a new
+//! connection are all handled in ordinary code, in the order they matter:
+//! signals first (reaping frees child slots), then accepts.
+
+use std::error::Error;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use netcore::{Listener, Recovery};
+use procmgr::{ChildExit, Children, Signal, Signals};
+use tracing::{debug, info, warn};
+
+use crate::{chain, conn};
+
+/// How long to stop accepting after running out of descriptors or processes.
+const BACKOFF: Duration = Duration::from_millis(100);
+/// Connections accepted per wake-up before signals get another look.
+const ACCEPT_BATCH: usize = 64;
+/// After SIGTERM to the children, how long before SIGKILL.
+const KILL_AFTER: Duration = Duration::from_secs(2);
+
+/// The loop's settings, from the command line.
+#[derive(Debug)]
+pub(crate) struct Config {
+    /// Most children alive at once.
+    pub(crate) max_children: usize,
+    /// How long children may finish on their own once shutdown starts.
+    pub(crate) grace: Duration,
+}
+
+/// Where shutdown stands, once a SIGTERM or SIGINT has arrived.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Children may finish on their own until the deadline.
+    Grace { until: Instant },
+    /// Children were sent SIGTERM; SIGKILL follows at the deadline.
+    Terminate { until: Instant },
+    /// Children were sent SIGKILL; only reaping is left.
+    Kill,
+}
+
+/// Serves until a shutdown request has been carried out; `Ok` means every child
+/// was reaped and the process can exit 0.
+pub(crate) fn run(
+    listener: Listener,
+    signals: Signals,
+    config: &Config,
+) -> Result<(), Box<dyn Error>> {
+    // Readiness can be stale by the time accept runs (the client may have reset),
+    // and a blocking accept would then stall every other duty of the loop.
+    listener.set_nonblocking(true)?;
+    let mut server = Server {
+        listener: Some(listener),
+        signals,
+        children: Children::new(),
+        config,
+        pending: None,
+        paused_until: None,
+        at_limit: false,
+        shutdown: None,
+    };
+    server.run()
+}
+
+struct Server<'a> {
+    /// `None` once shutdown has begun (closing it at once refuses new clients).
+    listener: Option<Listener>,
+    signals: Signals,
+    /// Live children and the peer each one serves.
+    children: Children<SocketAddr>,
+    config: &'a Config,
+    /// A connection accepted but not yet forked, because fork failed.
+    pending: Option<(TcpStream, SocketAddr)>,
+    /// Accepting is paused until then, after descriptors or processes ran out.
+    paused_until: Option<Instant>,
+    /// The child limit was reached (and said so in the log).
+    at_limit: bool,
+    shutdown: Option<Stage>,
+}
+
+impl Server<'_> {
+    fn run(&mut self) -> Result<(), Box<dyn Error>> {
+        loop {
+            let now = Instant::now();
+            if let Some(stage) = self.shutdown {
+                if self.children.is_empty() {
+                    info!("all children reaped; exiting");
+                    return Ok(());
+                }
+                self.escalate(stage, now)?;
+            }
+            if self.paused_until.is_some_and(|until| now >= until) {
+                self.paused_until = None;
+                if let Some((stream, peer)) = self.pending.take() {
+                    self.spawn(stream, peer);
+                }
+            }
+            let accepting = self.may_accept();
+            let listen = self.listener.as_ref().filter(|_| accepting).map(AsFd::as_fd);
+            let wakeup = self.signals.wait([listen], self.next_deadline(now))?;
+            if wakeup.signaled {
+                self.handle_signals()?;
+            }
+            if wakeup.ready[0] {
+                self.accept_batch()?;
+            }
+        }
+    }
+
+    /// Whether to watch the listener: not while paused, holding a connection
+    /// that could not be forked yet, or at the child limit (new clients then
+    /// wait in the kernel's backlog instead of being dropped).
+    fn may_accept(&mut self) -> bool {
+        if self.paused_until.is_some() || self.pending.is_some() {
+            return false;
+        }
+        let full = self.children.len() >= self.config.max_children;
+        if full != self.at_limit {
+            self.at_limit = full;
+            if full {
+                warn!(
+                    limit = self.config.max_children,
+                    "child limit reached; new connections wait in the backlog"
+                );
+            } else {
+                info!(children = self.children.len(), "below the child limit; accepting again");
+            }
+        }
+        !full
+    }
+
+    /// The earliest moment the loop must wake up without any event.
+    fn next_deadline(&self, now: Instant) -> Option<Duration> {
+        let shutdown = match self.shutdown {
+            Some(Stage::Grace { until } | Stage::Terminate { until }) => Some(until),
+            Some(Stage::Kill) | None => None,
+        };
+        [shutdown, self.paused_until].into_iter().flatten().min().map(|t| t - now.min(t))
+    }
+
+    fn handle_signals(&mut self) -> Result<(), Box<dyn Error>> {
+        let mut child_exited = false;
+        while let Some(signal) = self.signals.next()? {
+            match signal {
+                Signal::CHLD => child_exited = true,
+                Signal::TERM | Signal::INT => self.request_shutdown(signal)?,
+                other => debug!(%other, "ignoring signal"),
+            }
+        }
+        if child_exited {
+            self.reap()?;
+        }
+        Ok(())
+    }
+
+    /// Reaps every child that has exited, logging how each one ended.
+    fn reap(&mut self) -> Result<(), Box<dyn Error>> {
+        for reaped in self.children.reap_ready() {
+            let reaped = reaped?;
+            let (pid, exit) = (reaped.pid, reaped.exit);
+            // An unregistered child (none should exist) is logged without a peer.
+            let peer = reaped.info.map(tracing::field::display);
+            match exit {
+                ChildExit::Exited(0) => info!(%pid, peer, "child {exit}"),
+                _ => warn!(%pid, peer, "child {exit}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn request_shutdown(&mut self, signal: Signal) -> Result<(), Box<dyn Error>> {
+        let now = Instant::now();
+        match self.shutdown {
+            None => {
+                info!(
+                    children = self.children.len(),
+                    grace_secs = self.config.grace.as_secs_f64(),
+                    "received {signal}: closing the listener, letting children finish"
+                );
+                self.listener = None;
+                // A connection we could not fork for is closed with the listener.
+                self.pending = None;
+                self.shutdown = Some(Stage::Grace { until: now + self.config.grace });
+            }
+            Some(Stage::Grace { .. }) => {
+                info!("received {signal} again: not waiting any longer");
+                self.shutdown = Some(Stage::Grace { until: now });
+            }
+            Some(Stage::Terminate { .. } | Stage::Kill) => {}
+        }
+        if let Some(stage) = self.shutdown {
+            self.escalate(stage, now)?;
+        }
+        Ok(())
+    }
+
+    /// Moves shutdown on when a deadline has passed: grace, then SIGTERM to the
+    /// children, then SIGKILL.
+    fn escalate(&mut self, stage: Stage, now: Instant) -> Result<(), Box<dyn Error>> {
+        if self.children.is_empty() {
+            return Ok(());
+        }
+        match stage {
+            Stage::Grace { until } if now >= until => {
+                let sent = self.children.signal_all(Signal::TERM)?;
+                info!(children = sent, "sent SIGTERM to the remaining children");
+                self.shutdown = Some(Stage::Terminate { until: now + KILL_AFTER });
+            }
+            Stage::Terminate { until } if now >= until => {
+                let sent = self.children.signal_all(Signal::KILL)?;
+                warn!(children = sent, "children outlived SIGTERM; sent SIGKILL");
+                self.shutdown = Some(Stage::Kill);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Accepts what is queued, up to a batch, forking a child for each.
+    fn accept_batch(&mut self) -> Result<(), Box<dyn Error>> {
+        for _ in 0..ACCEPT_BATCH {
+            if !self.may_accept() {
+                return Ok(());
+            }
+            let Some(listener) = &self.listener else { return Ok(()) };
+            match listener.accept() {
+                Ok((stream, peer)) => self.spawn(stream, peer),
+                Err(err) => match err.recovery() {
+                    Recovery::Retry => debug!(error = %chain(&err), "accept failed; retrying"),
+                    Recovery::Drained => return Ok(()),
+                    Recovery::BackOff => {
+                        warn!(
+                            error = %chain(&err),
+                            pause_ms = BACKOFF.as_millis(),
+                            "cannot accept; pausing, connections wait in the backlog"
+                        );
+                        self.paused_until = Some(Instant::now() + BACKOFF);
+                        return Ok(());
+                    }
+                    _ => return Err(err.into()),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Forks a child to serve `stream`. If fork fails (out of processes or
+    /// memory) the connection is kept and retried after a pause, not dropped.
+    fn spawn(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let mut stream = Some(stream);
+        let listener = &mut self.listener;
+        let forked = procmgr::fork_child(|| {
+            // In the child, on its own copy of memory: the listening socket is
+            // the parent's business, so close it first; then serve.
+            drop(listener.take());
+            stream.take().map_or(conn::INTERNAL_ERROR, |stream| conn::serve(stream, peer))
+        });
+        match forked {
+            Ok(pid) => {
+                info!(%pid, %peer, "accepted a connection");
+                self.children.insert(pid, peer);
+                // `stream` is dropped here, closing the parent's copy.
+            }
+            Err(err) => {
+                let retry = stream.map(|stream| (stream, peer));
+                warn!(
+                    %peer,
+                    error = %chain(&err),
+                    pause_ms = BACKOFF.as_millis(),
+                    "cannot fork; keeping the connection and retrying after a pause"
+                );
+                self.pending = retry;
+                self.paused_until = Some(Instant::now() + BACKOFF);
+            }
+        }
+    }
+}
