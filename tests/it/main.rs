@@ -1,1 +1,40 @@
-//! placeholder
+//! End-to-end tests: the real `echo-server` and `echo-client` binaries, driven
+//! as processes over 127.0.0.1 and ::1 on ephemeral ports. One module per topic.
+
+mod bad_input;
+mod echo;
+mod limits;
+mod reaping;
+mod shutdown;
+
+use integration_tests::Server;
+
+/// The loopback addresses to test on: IPv4 always, IPv6 when the machine has it.
+fn loopbacks() -> Vec<&'static str> {
+    let mut ips = vec!["127.0.0.1"];
+    if integration_tests::ipv6_available() {
+        ips.push("::1");
+    } else {
+        eprintln!("IPv6 loopback unavailable: testing IPv4 only");
+    }
+    ips
+}
+
+/// Starts a server on `ip` with `args`, panicking with the reason on failure.
+fn server(ip: &str, args: &[&str]) -> Server {
+    Server::start(ip, args).unwrap_or_else(|e| panic!("cannot start a server on {ip}: {e}"))
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*): binary, with NULs and
+/// every byte value, reproducible from `seed`.
+fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.max(1);
+    (0..len)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}

@@ -60,6 +60,8 @@ pub(crate) fn run(
         config,
         pending: None,
         paused_until: None,
+        accept_trouble: Episode::default(),
+        fork_trouble: Episode::default(),
         at_limit: false,
         shutdown: None,
     };
@@ -77,6 +79,10 @@ struct Server<'a> {
     pending: Option<(TcpStream, SocketAddr)>,
     /// Accepting is paused until then, after descriptors or processes ran out.
     paused_until: Option<Instant>,
+    /// Consecutive accept failures for lack of descriptors or memory.
+    accept_trouble: Episode,
+    /// Consecutive fork failures.
+    fork_trouble: Episode,
     /// The child limit was reached (and said so in the log).
     at_limit: bool,
     shutdown: Option<Stage>,
@@ -228,16 +234,24 @@ impl Server<'_> {
             }
             let Some(listener) = &self.listener else { return Ok(()) };
             match listener.accept() {
-                Ok((stream, peer)) => self.spawn(stream, peer),
+                Ok((stream, peer)) => {
+                    if let Some(failures) = self.accept_trouble.recovered() {
+                        info!(failures, "accepting again");
+                    }
+                    self.spawn(stream, peer);
+                }
                 Err(err) => match err.recovery() {
                     Recovery::Retry => debug!(error = %chain(&err), "accept failed; retrying"),
                     Recovery::Drained => return Ok(()),
                     Recovery::BackOff => {
-                        warn!(
-                            error = %chain(&err),
-                            pause_ms = BACKOFF.as_millis(),
-                            "cannot accept; pausing, connections wait in the backlog"
-                        );
+                        let error = chain(&err);
+                        let pause_ms = BACKOFF.as_millis();
+                        let message = "cannot accept; pausing, connections wait in the backlog";
+                        if self.accept_trouble.failed() {
+                            warn!(error, pause_ms, "{message}");
+                        } else {
+                            debug!(error, pause_ms, "{message}");
+                        }
                         self.paused_until = Some(Instant::now() + BACKOFF);
                         return Ok(());
                     }
@@ -261,21 +275,44 @@ impl Server<'_> {
         });
         match forked {
             Ok(pid) => {
+                if let Some(failures) = self.fork_trouble.recovered() {
+                    info!(failures, "forking again");
+                }
                 info!(%pid, %peer, "accepted a connection");
                 self.children.insert(pid, peer);
                 // `stream` is dropped here, closing the parent's copy.
             }
             Err(err) => {
-                let retry = stream.map(|stream| (stream, peer));
-                warn!(
-                    %peer,
-                    error = %chain(&err),
-                    pause_ms = BACKOFF.as_millis(),
-                    "cannot fork; keeping the connection and retrying after a pause"
-                );
-                self.pending = retry;
+                let (error, pause_ms) = (chain(&err), BACKOFF.as_millis());
+                let message = "cannot fork; keeping the connection and retrying after a pause";
+                if self.fork_trouble.failed() {
+                    warn!(%peer, error, pause_ms, "{message}");
+                } else {
+                    debug!(%peer, error, pause_ms, "{message}");
+                }
+                self.pending = stream.map(|stream| (stream, peer));
                 self.paused_until = Some(Instant::now() + BACKOFF);
             }
         }
+    }
+}
+
+/// Consecutive failures of one kind: a long episode is logged as a warning
+/// once, then at debug level, and its end once more.
+#[derive(Debug, Default)]
+struct Episode {
+    failures: u32,
+}
+
+impl Episode {
+    /// Counts a failure; true if it starts an episode.
+    fn failed(&mut self) -> bool {
+        self.failures = self.failures.saturating_add(1);
+        self.failures == 1
+    }
+
+    /// Ends an episode, if one was going on; returns how many failures it had.
+    fn recovered(&mut self) -> Option<u32> {
+        (self.failures > 0).then(|| std::mem::take(&mut self.failures))
     }
 }

@@ -1,0 +1,159 @@
+//! Bad input: usage errors exit 2 with clap's message; runtime failures exit 1
+//! with one `error:` line naming the address and the cause; never a panic.
+
+use std::io::Write;
+use std::net::TcpListener;
+
+use integration_tests::{Client, Server, TIMEOUT};
+
+use crate::server;
+
+#[test]
+fn server_usage_errors_exit_2() {
+    for (args, needle) in [
+        (&["abc"][..], "invalid value 'abc'"),
+        (&["70000"], "70000 is not in 0..=65535"),
+        (&["-1"], "unexpected argument '-1'"),
+        (&["7000", "--bind", "not-an-ip"], "is not an IPv4 or IPv6 address"),
+        (&["7000", "--bind", "127.0.0.1:80"], "is not an IPv4 or IPv6 address"),
+        (&["7000", "--backlog", "0"], "invalid value '0'"),
+        (&["7000", "--max-children", "0"], "invalid value '0'"),
+        (&["7000", "--grace", "-3"], "unexpected argument"),
+        (&["7000", "--grace", "NaN"], "is not a number of seconds"),
+        (&["7000", "extra"], "unexpected argument 'extra'"),
+    ] {
+        let done = Server::run(&[], args, TIMEOUT).unwrap();
+        done.expect_error(2, &[needle]).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+}
+
+#[test]
+fn server_reports_an_address_in_use_in_one_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let done = Server::run(&[], &[&port, "--bind", "127.0.0.1"], TIMEOUT).unwrap();
+    let expected = format!("error: cannot bind 127.0.0.1:{port}: Address already in use");
+    done.expect_error(1, &[&expected]).unwrap();
+}
+
+#[test]
+fn server_reports_an_address_that_is_not_local() {
+    // TEST-NET-1 is never assigned to a host: bind(2) fails locally.
+    let done = Server::run(&[], &["0", "--bind", "192.0.2.1"], TIMEOUT).unwrap();
+    done.expect_error(1, &["cannot bind 192.0.2.1:0", "Cannot assign requested address"]).unwrap();
+}
+
+/// Whether this test process runs as root (the owner of /proc/self).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// `setpriv` arguments that run the next program as `nobody`, if possible.
+pub(crate) fn as_nobody() -> Option<Vec<&'static str>> {
+    let wrapper = vec!["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"];
+    if !is_root() {
+        eprintln!("skipping: needs root to switch to an unprivileged user");
+        return None;
+    }
+    let _one_at_a_time =
+        crate::limits::NOBODY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match Server::run(&wrapper, &["--version"], TIMEOUT) {
+        Ok(done) if done.status.success() => Some(wrapper),
+        other => {
+            eprintln!("skipping: cannot run the server as nobody: {other:?}");
+            None
+        }
+    }
+}
+
+#[test]
+fn server_reports_permission_denied_for_a_privileged_port() {
+    let Some(nobody) = as_nobody() else { return };
+    let _one_at_a_time =
+        crate::limits::NOBODY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Port 7 is privileged; the kernel refuses an unprivileged bind(2) before
+    // looking at whether the port is in use, so nothing is ever bound here.
+    let done = Server::run(&nobody, &["7", "--bind", "127.0.0.1"], TIMEOUT).unwrap();
+    done.expect_error(1, &["cannot bind 127.0.0.1:7", "Permission denied"]).unwrap();
+}
+
+#[test]
+fn client_usage_errors_exit_2() {
+    for (args, needle) in [
+        (&[][..], "required arguments were not provided"),
+        (&["127.0.0.1"], "required arguments were not provided"),
+        (&["127.0.0.1", "abc"], "invalid value 'abc'"),
+        (&["127.0.0.1", "0"], "0 is not in 1..=65535"),
+        (&["127.0.0.1", "99999"], "99999 is not in 1..=65535"),
+        (&["127.0.0.1", "7", "--mode", "chunks"], "invalid value 'chunks'"),
+    ] {
+        let done = Client::run(args, b"", TIMEOUT).unwrap();
+        done.expect_error(2, &[needle]).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+}
+
+#[test]
+fn client_reports_a_refused_connection() {
+    for ip in crate::loopbacks() {
+        // A port that was free a moment ago: bind it, note it, close it.
+        let addr = TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap();
+        let port = addr.port().to_string();
+        let done = Client::run(&[ip, &port], b"hello\n", TIMEOUT).unwrap();
+        let expected = format!("error: cannot connect to {addr}: Connection refused");
+        done.expect_error(1, &[&expected]).unwrap();
+    }
+}
+
+#[test]
+fn client_reports_an_unknown_host() {
+    let done = Client::run(&["no-such-host.invalid", "7000"], b"", TIMEOUT).unwrap();
+    done.expect_error(1, &["error: cannot resolve no-such-host.invalid (port 7000)"]).unwrap();
+}
+
+#[test]
+fn streaming_client_reports_a_server_that_closes_first() {
+    let server = server("127.0.0.1", &[]);
+    let mut client = Client::connect(server.addr(), &["--mode", "stream"]).unwrap();
+    client.send(b"some input, and more to come").unwrap();
+    client.wait_for_output(28, TIMEOUT).unwrap();
+    let child = server.wait_for_children(1, TIMEOUT).unwrap()[0].pid;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    // Input is still open: the client must notice the close on its own.
+    let done = client.finish(TIMEOUT).unwrap();
+    done.expect_error(1, &["closed the connection before all input was sent"]).unwrap();
+}
+
+#[test]
+fn client_output_to_a_closed_pipe_is_an_error_not_a_panic() {
+    use std::process::{Command, Stdio};
+    let server = server("127.0.0.1", &[]);
+    let port = server.addr().port().to_string();
+    // Standard output is a pipe whose reading end is already closed.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(integration_tests::binary("echo-client").unwrap())
+        .args(["127.0.0.1", &port, "--mode", "stream"])
+        .stdin(Stdio::piped())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The client gives up at its first write to stdout; the pipe then breaks.
+    let _ = stdin.write_all(&vec![b'x'; 1 << 20]);
+    drop(stdin);
+    let status =
+        integration_tests::wait_until(TIMEOUT, "the client to exit", || child.try_wait().unwrap());
+    if status.is_err() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    assert_eq!(status.unwrap().code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("error: cannot write standard output: Broken pipe"), "{stderr}");
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -1,0 +1,137 @@
+//! Limits and exhaustion: the child cap defers clients to the backlog, and
+//! running out of descriptors or processes pauses accepting without dropping a
+//! connection or spinning.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use integration_tests::process::Running;
+use integration_tests::{Server, TIMEOUT, procfs};
+
+use crate::bad_input::as_nobody;
+use crate::server;
+
+fn connect(server: &Server) -> TcpStream {
+    let stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+fn echo(stream: &mut TcpStream, message: &[u8]) {
+    stream.write_all(message).unwrap();
+    let mut reply = vec![0; message.len()];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, message);
+}
+
+/// Sets a resource limit of a running process with prlimit(1).
+fn prlimit(pid: i32, limit: &str) {
+    let status = Command::new("prlimit").args(["--pid", &pid.to_string(), limit]).status().unwrap();
+    assert!(status.success(), "prlimit {limit} failed");
+}
+
+/// CPU time (user + system, in clock ticks) a process has used so far.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime), counted from after the command name.
+    fields[14 - 3].parse::<u64>().unwrap() + fields[15 - 3].parse::<u64>().unwrap()
+}
+
+#[test]
+fn at_the_child_limit_new_clients_wait_in_the_backlog() {
+    let server = server("127.0.0.1", &["--max-children", "2"]);
+    let mut first = connect(&server);
+    let mut second = connect(&server);
+    echo(&mut first, b"one");
+    echo(&mut second, b"two");
+    server.wait_for_log(&["child limit reached"], 1, TIMEOUT).unwrap();
+
+    // The third client's handshake completes in the kernel's backlog, but no
+    // child serves it while two are alive.
+    let mut third = connect(&server);
+    third.write_all(b"three").unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let err = third.read(&mut [0; 5]).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{err:?}");
+    assert_eq!(procfs::children_of(server.pid()).len(), 2);
+
+    // When one client leaves, the waiting one is served, and nothing was lost.
+    drop(first);
+    third.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut reply = [0; 5];
+    third.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"three");
+    server.wait_for_log(&["below the child limit; accepting again"], 1, TIMEOUT).unwrap();
+    server.wait_for_children(2, TIMEOUT).unwrap();
+}
+
+#[test]
+fn out_of_descriptors_the_server_pauses_then_serves_the_waiting_client() {
+    // stdin, stdout, stderr, the signalfd and the listener use descriptors 0-4:
+    // with a limit of 5, accept(2) fails with EMFILE.
+    let server =
+        Server::start_wrapped(&["prlimit", "--nofile=5:4096", "--"], "127.0.0.1", &[]).unwrap();
+    let mut client = connect(&server);
+    client.write_all(b"patience").unwrap();
+    server.wait_for_log(&["cannot accept; pausing", "Too many open files"], 1, TIMEOUT).unwrap();
+
+    // Backing off, not spinning: over a second of exhaustion the server uses a
+    // small fraction of a CPU (a busy loop would use all of it).
+    let before = cpu_ticks(server.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(server.pid()) - before;
+    assert!(used < 30, "the server used {used} ticks of CPU in 100 while out of descriptors");
+    let warnings = server.log().iter().filter(|l| l.contains("WARN")).count();
+    assert_eq!(warnings, 1, "an episode is one warning:\n{}", server.log().join("\n"));
+
+    // More descriptors: the waiting client is served, its bytes intact.
+    prlimit(server.pid(), "--nofile=64:4096");
+    let mut reply = [0; 8];
+    client.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"patience");
+    server.wait_for_log(&["accepting again"], 1, TIMEOUT).unwrap();
+}
+
+#[test]
+fn when_fork_fails_the_connection_is_kept_and_served_later() {
+    // RLIMIT_NPROC is not enforced for root, so the server runs as nobody, with
+    // a limit that nobody's processes already reach: the server itself plus a
+    // placeholder. Every fork then fails with EAGAIN until the placeholder goes.
+    let Some(nobody) = as_nobody() else { return };
+    let _one_at_a_time = NOBODY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut sleep = Command::new("setpriv");
+    sleep.args(&nobody[1..]).args(["sleep", "60"]);
+    // Killed by pid when dropped, whatever happens below.
+    let mut placeholder = Running::spawn(sleep).unwrap();
+    let placeholder_pid = placeholder.pid();
+    integration_tests::wait_until(TIMEOUT, "the placeholder to run as nobody", || {
+        let comm = std::fs::read_to_string(format!("/proc/{placeholder_pid}/comm")).ok()?;
+        (comm.trim() == "sleep").then_some(())
+    })
+    .unwrap();
+    let limit = format!("--nproc={}:4096", procfs::tasks_of_uid(65534) + 1);
+    let mut wrapper = nobody.clone();
+    wrapper.extend(["prlimit", &limit, "--"]);
+    let server = Server::start_wrapped(&wrapper, "127.0.0.1", &[]).unwrap();
+
+    let mut client = connect(&server);
+    client.write_all(b"held").unwrap();
+    let waiting = ["cannot fork; keeping the connection", "Resource temporarily unavailable"];
+    let logged = server.wait_for_log(&waiting, 1, TIMEOUT);
+    let children = procfs::children_of(server.pid());
+
+    // Free a process slot: the held connection is forked for and served.
+    placeholder.kill();
+    logged.unwrap();
+    assert!(children.is_empty(), "forked despite the limit: {children:?}");
+    let mut reply = [0; 4];
+    client.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"held");
+    server.wait_for_log(&["forking again"], 1, TIMEOUT).unwrap();
+}
+
+/// Tests that count or limit nobody's processes must not overlap.
+pub(crate) static NOBODY: std::sync::Mutex<()> = std::sync::Mutex::new(());

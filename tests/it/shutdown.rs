@@ -1,0 +1,88 @@
+//! Shutdown on SIGTERM and SIGINT: the listener closes at once, children get a
+//! grace period, then SIGTERM, then SIGKILL; every child is reaped; exit 0.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+
+use integration_tests::{TIMEOUT, procfs};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::server;
+
+fn connected(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(b"hi").unwrap();
+    let mut reply = [0; 2];
+    stream.read_exact(&mut reply).unwrap();
+    stream
+}
+
+#[test]
+fn without_grace_idle_children_are_terminated_and_reaped() {
+    let mut server = server("127.0.0.1", &["--grace", "0"]);
+    let _clients = [connected(server.addr()), connected(server.addr())];
+    let children = server.wait_for_children(2, TIMEOUT).unwrap();
+
+    let status = server.terminate(TIMEOUT).unwrap();
+    assert!(status.success(), "server exited with {status}");
+    let log = server.log().join("\n");
+    assert_eq!(log.matches("child killed by signal 15 (SIGTERM)").count(), 2, "{log}");
+    assert!(log.contains("all children reaped; exiting"), "{log}");
+    for child in children {
+        assert!(procfs::stat(child.pid).is_none(), "child {} outlived the server", child.pid);
+    }
+}
+
+#[test]
+fn during_grace_the_listener_is_closed_but_clients_are_still_served() {
+    let mut server = server("127.0.0.1", &["--grace", "600"]);
+    let addr = server.addr();
+    let mut client = connected(addr);
+    server.signal(Signal::SIGTERM).unwrap();
+    server.wait_for_log(&["received SIGTERM"], 1, TIMEOUT).unwrap();
+
+    let refused = TcpStream::connect(addr).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+
+    client.write_all(b"still here").unwrap();
+    let mut reply = [0; 10];
+    client.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"still here");
+
+    // The last client leaving ends the server long before the grace period.
+    drop(client);
+    let status = server.wait(TIMEOUT).unwrap();
+    assert!(status.success(), "server exited with {status}");
+    let log = server.log().join("\n");
+    assert!(log.contains("child exited with status 0"), "{log}");
+    assert!(!log.contains("sent SIGTERM"), "children were not given their grace: {log}");
+}
+
+#[test]
+fn a_second_signal_cuts_the_grace_short() {
+    let mut server = server("127.0.0.1", &["--grace", "600"]);
+    let _client = connected(server.addr());
+    server.wait_for_children(1, TIMEOUT).unwrap();
+    server.signal(Signal::SIGTERM).unwrap();
+    server.wait_for_log(&["received SIGTERM"], 1, TIMEOUT).unwrap();
+    server.signal(Signal::SIGINT).unwrap();
+    let status = server.wait(TIMEOUT).unwrap();
+    assert!(status.success(), "server exited with {status}");
+    server.wait_for_log(&["child killed by signal 15 (SIGTERM)"], 1, TIMEOUT).unwrap();
+}
+
+#[test]
+fn a_child_that_outlives_sigterm_is_killed() {
+    let mut server = server("127.0.0.1", &["--grace", "0"]);
+    let _client = connected(server.addr());
+    let child = server.wait_for_children(1, TIMEOUT).unwrap()[0].pid;
+    // A stopped process does not act on SIGTERM; only SIGKILL ends it.
+    kill(Pid::from_raw(child), Signal::SIGSTOP).unwrap();
+    let status = server.terminate(TIMEOUT).unwrap();
+    assert!(status.success(), "server exited with {status}");
+    let log = server.log().join("\n");
+    assert!(log.contains("children outlived SIGTERM; sent SIGKILL"), "{log}");
+    assert!(log.contains("child killed by signal 9 (SIGKILL)"), "{log}");
+}

@@ -1,0 +1,123 @@
+//! Real `echo-client` processes.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::{self, Finished, Running};
+use crate::{TIMEOUT, binary, wait_until};
+
+/// A running `echo-client`, killed by pid when dropped.
+#[derive(Debug)]
+pub struct Client {
+    process: Running,
+}
+
+impl Client {
+    /// Starts `echo-client IP PORT ARGS…` connected to `server`.
+    ///
+    /// # Errors
+    /// When it cannot be built or started.
+    pub fn connect(server: SocketAddr, args: &[&str]) -> Result<Self, String> {
+        let (ip, port) = (server.ip().to_string(), server.port().to_string());
+        Self::start(
+            &[ip.as_str(), port.as_str()]
+                .into_iter()
+                .chain(args.iter().copied())
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// Starts `echo-client ARGS…` with exactly these arguments.
+    ///
+    /// # Errors
+    /// When it cannot be built or started.
+    pub fn start(args: &[&str]) -> Result<Self, String> {
+        let mut command = Command::new(binary("echo-client")?);
+        command.args(args).env_remove("RUST_LOG");
+        Ok(Self { process: Running::spawn(command)? })
+    }
+
+    /// The client's pid.
+    #[must_use]
+    pub fn pid(&self) -> i32 {
+        self.process.pid()
+    }
+
+    /// Writes `bytes` to the client's stdin.
+    ///
+    /// # Errors
+    /// When stdin is closed or the client is gone.
+    pub fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let stdin = self.process.stdin().ok_or("stdin already closed")?;
+        stdin
+            .write_all(bytes)
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("client stdin: {e}"))
+    }
+
+    /// Closes the client's stdin (end of input, as Ctrl-D on a terminal).
+    pub fn close_input(&mut self) {
+        self.process.close_stdin();
+    }
+
+    /// Waits until at least `len` bytes have come out of the client's stdout.
+    ///
+    /// # Errors
+    /// On timeout, with what did come.
+    pub fn wait_for_output(&mut self, len: usize, timeout: Duration) -> Result<Vec<u8>, String> {
+        let result = wait_until(timeout, &format!("{len} bytes of output"), || {
+            let out = self.process.stdout();
+            (out.len() >= len).then_some(out)
+        });
+        result.map_err(|e| {
+            let got = self.process.stdout();
+            format!("{e}; got {:?}; stderr: {:?}", String::from_utf8_lossy(&got), self.stderr())
+        })
+    }
+
+    /// Everything written to stdout so far.
+    #[must_use]
+    pub fn stdout(&self) -> Vec<u8> {
+        self.process.stdout()
+    }
+
+    /// The stderr lines so far.
+    #[must_use]
+    pub fn stderr(&self) -> Vec<String> {
+        self.process.stderr()
+    }
+
+    /// The client's own address, from its `connected to SERVER from LOCAL` line.
+    ///
+    /// # Errors
+    /// When the line does not appear in time.
+    pub fn local_addr(&self) -> Result<SocketAddr, String> {
+        wait_until(TIMEOUT, "the client's 'connected to' line", || {
+            self.stderr().iter().find_map(|line| {
+                let (_, rest) = line.split_once("connected to ")?;
+                rest.split_once(" from ")?.1.split_whitespace().next()?.parse().ok()
+            })
+        })
+    }
+
+    /// Waits for the client to exit and returns what it printed.
+    ///
+    /// # Errors
+    /// When it is still running after `timeout` (it is then killed).
+    pub fn finish(mut self, timeout: Duration) -> Result<Finished, String> {
+        let status = self.process.wait(timeout)?;
+        Ok(Finished { status, stdout: self.stdout(), stderr: self.stderr() })
+    }
+
+    /// Runs a client to completion with `input` on stdin, for at most `timeout`.
+    ///
+    /// # Errors
+    /// When it cannot start or does not finish in time.
+    pub fn run(args: &[&str], input: &[u8], timeout: Duration) -> Result<Finished, String> {
+        let mut command = Command::new(binary("echo-client")?);
+        command.args(args).env_remove("RUST_LOG");
+        process::run_to_end(command, input, timeout)
+    }
+}
