@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `echo-server` and `echo-client` binaries, driven
 //! as processes over 127.0.0.1 and ::1 on ephemeral ports. One module per topic.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod bad_input;
 mod echo;

@@ -1,4 +1,5 @@
 //! Unit tests: real sockets on 127.0.0.1 and ::1, port 0.
+#![allow(clippy::print_stderr)]
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};

@@ -16,7 +16,8 @@ fn main() {
         println!("scenarios: test");
         return;
     }
-    let scenarios: [(&str, fn(&Signals)); 7] = [
+    type Scenario = (&'static str, fn(&Signals));
+    let scenarios: [Scenario; 7] = [
         ("checked fork, exit code through SIGCHLD", checked_fork_reports_exit_code),
         ("an exit before the parent waits is not lost", early_exit_is_not_lost),
         ("many exits, one wake-up, all reaped", coalesced_exits_are_all_reaped),
