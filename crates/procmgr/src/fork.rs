@@ -140,8 +140,10 @@ pub fn thread_count() -> Result<usize, ProcError> {
 /// the child may do anything. Standard output is flushed first, so bytes
 /// buffered by the parent are not written twice.
 ///
-/// Prefer [`fork_child`], which also resets the child's signals and makes sure
-/// it ends through [`InChild::exit`].
+/// In the child, signals are reset before this returns (see [`Fork::Child`]);
+/// a child that cannot reset them exits with [`InChild::SETUP_EXIT_CODE`].
+/// Prefer [`fork_child`], which also catches a panic and makes sure the child
+/// ends through [`InChild::exit`].
 ///
 /// # Errors
 /// [`ProcError::MultiThreaded`], [`ProcError::ThreadCount`],
@@ -206,7 +208,8 @@ unsafe fn fork_inner(may_lock: bool) -> Result<Fork, ProcError> {
             Ok(Fork::Child(me))
         }
         Ok(ForkResult::Parent { child }) => {
-            restore(&previous)?;
+            // A child exists now: an error here must not hide it from the caller.
+            restore(&previous);
             let pid = ChildPid::from_pid(child);
             if may_lock {
                 tracing::trace!(pid = pid.as_raw(), "forked");
@@ -214,14 +217,19 @@ unsafe fn fork_inner(may_lock: bool) -> Result<Fork, ProcError> {
             Ok(Fork::Parent(pid))
         }
         Err(errno) => {
-            restore(&previous)?;
+            restore(&previous);
             Err(ProcError::Fork { source: os(errno) })
         }
     }
 }
 
-fn restore(previous: &SigSet) -> Result<(), ProcError> {
-    previous.thread_set_mask().map_err(|e| ProcError::Mask { source: os(e) })
+/// Puts back the parent's mask after the fork. `pthread_sigmask` can only fail
+/// for an invalid `how`, which `SIG_SETMASK` is not, so this cannot fail in
+/// practice; if it ever did, the signals would merely stay blocked.
+fn restore(previous: &SigSet) {
+    if let Err(errno) = previous.thread_set_mask() {
+        tracing::warn!(error = %errno, "cannot restore the signal mask after fork");
+    }
 }
 
 /// Forks a child that runs `child` and exits with the code it returns; the
