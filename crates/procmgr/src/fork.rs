@@ -28,7 +28,9 @@ pub enum Fork {
 ///
 /// Leaving a forked child any other way (returning into the parent's code,
 /// `std::process::exit`) would run the parent's destructors and flush its
-/// inherited buffers a second time.
+/// inherited buffers a second time. So dropping an `InChild` without calling
+/// [`InChild::exit`] (a forgotten match arm, an early `?`, a panic unwinding
+/// through it) ends the child on the spot with [`InChild::DROPPED_EXIT_CODE`].
 #[derive(Debug)]
 #[must_use = "the child must end with InChild::exit"]
 pub struct InChild {
@@ -41,6 +43,9 @@ impl InChild {
     /// The exit code of a child whose closure panicked (the same as a Rust
     /// program whose main thread panics).
     pub const PANIC_EXIT_CODE: i32 = 101;
+    /// The exit code of a child whose `InChild` was dropped instead of used to
+    /// exit (`EX_SOFTWARE` from sysexits.h): a bug in the caller.
+    pub const DROPPED_EXIT_CODE: i32 = 70;
     /// The exit code of a child that could not reset its signal state
     /// (`EX_OSERR` from sysexits.h); [`fork`] exits such a child itself.
     pub const SETUP_EXIT_CODE: i32 = 71;
@@ -61,7 +66,8 @@ impl InChild {
             // (EINVAL); they are not ours to reset.
             let Some(handler) = current_handler(signo) else { continue };
             let caught = handler != libc::SIG_DFL && handler != libc::SIG_IGN;
-            if caught || (signo == libc::SIGCHLD && handler != libc::SIG_DFL) {
+            // SIGCHLD is reset whatever it was: SIG_DFL may carry SA_NOCLDWAIT.
+            if caught || signo == libc::SIGCHLD {
                 set_default(signo).map_err(|source| ProcError::Disposition {
                     signal: Signal::from_raw(signo).unwrap_or(Signal::CHLD),
                     source,
@@ -80,9 +86,7 @@ impl InChild {
             // Nothing useful can be done about a failed flush on the way out.
             let _ = io::stdout().flush();
         }
-        // SAFETY: `_exit` has no preconditions and is async-signal-safe; it ends
-        // the process without running any user-space cleanup.
-        unsafe { libc::_exit(exit_code) }
+        exit_now(exit_code)
     }
 
     /// Runs `child` under `catch_unwind` and exits with its code; a panic exits
@@ -93,17 +97,34 @@ impl InChild {
     }
 }
 
+impl Drop for InChild {
+    fn drop(&mut self) {
+        exit_now(Self::DROPPED_EXIT_CODE)
+    }
+}
+
+/// `_exit(2)`: ends the process at once, running nothing of ours.
+fn exit_now(exit_code: i32) -> ! {
+    // SAFETY: `_exit` has no preconditions and is async-signal-safe; it ends
+    // the process without running any user-space cleanup.
+    unsafe { libc::_exit(exit_code) }
+}
+
 /// The signal handler installed for `signo`, or `None` if it cannot be read.
 fn current_handler(signo: i32) -> Option<libc::sighandler_t> {
-    let mut old = std::mem::MaybeUninit::<libc::sigaction>::uninit();
+    // Zeroed, not uninitialised: the C library may write only part of the
+    // structure (the kernel's shorter signal mask, no padding).
+    let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
     // SAFETY: a null new action makes this a pure query; `old` is valid for a
     // write of one `sigaction`.
     let rc = unsafe { libc::sigaction(signo, ptr::null(), old.as_mut_ptr()) };
-    // SAFETY: on success the kernel filled in `old` completely.
+    // SAFETY: all-zero bytes are a valid `sigaction`, and the call only wrote
+    // valid field values over them.
     (rc == 0).then(|| unsafe { old.assume_init() }.sa_sigaction)
 }
 
-fn set_default(signo: i32) -> io::Result<()> {
+/// Sets `signo` to its default action, with no flags and an empty mask.
+pub(crate) fn set_default(signo: i32) -> io::Result<()> {
     // SAFETY: all-zero bytes are a valid `sigaction`: SIG_DFL, an empty mask,
     // no flags, no restorer.
     let default: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -164,8 +185,9 @@ pub fn fork() -> Result<Fork, ProcError> {
 ///
 /// # Safety
 /// If the process has more than one thread, the child must only do
-/// async-signal-safe work (see `signal-safety(7)`: no allocation, no locks, no
-/// logging, no panics) before it ends with [`InChild::exit`], which then does
+/// async-signal-safe work (see `signal-safety(7)`: no allocation or freeing, no
+/// locks, no logging, no panics: the panic machinery allocates and locks before
+/// anything can catch it) until it ends with [`InChild::exit`], which then does
 /// not flush standard output.
 ///
 /// # Errors
@@ -259,7 +281,8 @@ pub fn fork_child<F: FnOnce() -> i32>(child: F) -> Result<ChildPid, ProcError> {
 ///
 /// # Safety
 /// As [`fork_unchecked`]: if the process has more than one thread, `child`
-/// must only do async-signal-safe work, and must not panic.
+/// must only do async-signal-safe work and must not panic; that includes the
+/// destructors of whatever it captured, which run in the child when it returns.
 ///
 /// # Errors
 /// [`ProcError::Mask`] or [`ProcError::Fork`].

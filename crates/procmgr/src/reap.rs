@@ -58,6 +58,10 @@ pub enum ChildExit {
         /// Whether it left a core dump.
         core_dumped: bool,
     },
+    /// It ended, but how is not known: it was reaped behind the registry's
+    /// back (by another `waitpid`, or by the kernel while SIGCHLD was ignored),
+    /// or its status could not be decoded.
+    Unknown,
 }
 
 impl ChildExit {
@@ -83,7 +87,7 @@ impl ChildExit {
 
 impl fmt::Display for ChildExit {
     /// `exited with status 0`, `killed by signal 9 (SIGKILL)`,
-    /// `killed by signal 11 (SIGSEGV), core dumped`.
+    /// `killed by signal 11 (SIGSEGV), core dumped`, `ended with an unknown status`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::Exited(code) => write!(f, "exited with status {code}"),
@@ -97,37 +101,56 @@ impl fmt::Display for ChildExit {
                 }
                 Ok(())
             }
+            Self::Unknown => f.write_str("ended with an unknown status"),
         }
     }
 }
 
-/// `waitpid(-1, WNOHANG)`: reaps one child of this process that has ended.
-///
-/// `Ok(None)` means no child has ended yet, or there are no children at all.
-/// Call it in a loop until `None`: several exits can share one SIGCHLD.
-///
-/// # Errors
-/// [`ProcError::Wait`] for anything but "no children" (`ECHILD`).
-pub fn reap() -> Result<Option<(ChildPid, ChildExit)>, ProcError> {
+/// What one `waitpid(-1, WNOHANG)` found.
+enum Wait {
+    /// A child ended and was reaped: its pid and raw status.
+    Ended(ChildPid, i32),
+    /// Children exist, none has ended.
+    NoneReady,
+    /// The process has no children at all (`ECHILD`).
+    NoChildren,
+}
+
+fn wait_any() -> Result<Wait, ProcError> {
     loop {
         let mut status = 0;
         // SAFETY: `status` is a valid, writable int; pid -1 and WNOHANG make this
         // a non-blocking query for any child. nix's wrapper is avoided because it
         // fails (after reaping!) on a real-time signal it has no name for.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        match pid {
-            0 => return Ok(None),
+        return match pid {
+            0 => Ok(Wait::NoneReady),
             -1 => match Errno::last() {
                 Errno::EINTR => continue,
-                Errno::ECHILD => return Ok(None),
-                errno => return Err(ProcError::Wait { source: os(errno) }),
+                Errno::ECHILD => Ok(Wait::NoChildren),
+                errno => Err(ProcError::Wait { source: os(errno) }),
             },
-            pid => {
-                // Without WUNTRACED/WCONTINUED only exits are reported.
-                let Some(exit) = ChildExit::from_wait_status(status) else { continue };
-                return Ok(Some((ChildPid(pid), exit)));
-            }
+            pid => Ok(Wait::Ended(ChildPid(pid), status)),
+        };
+    }
+}
+
+/// `waitpid(-1, WNOHANG)`: reaps one child of this process that has ended.
+///
+/// `Ok(None)` means no child has ended yet, or there are no children at all.
+/// Call it in a loop until `None`: several exits can share one SIGCHLD. This
+/// reaps any child, registered or not: a program that keeps a [`Children`]
+/// registry should reap through it instead, or the registry will only learn of
+/// those exits as [`ChildExit::Unknown`].
+///
+/// # Errors
+/// [`ProcError::Wait`] for anything but "no children" (`ECHILD`).
+pub fn reap() -> Result<Option<(ChildPid, ChildExit)>, ProcError> {
+    match wait_any()? {
+        Wait::Ended(pid, status) => {
+            Ok(Some((pid, ChildExit::from_wait_status(status).unwrap_or(ChildExit::Unknown))))
         }
+        Wait::NoneReady | Wait::NoChildren => Ok(None),
     }
 }
 
@@ -197,10 +220,25 @@ impl<T> Children<T> {
 
     /// Reaps one ended child, if any, and removes it from the registry.
     ///
+    /// If the kernel says there are no children left while the registry still
+    /// holds some, those were reaped behind its back; each is then reported,
+    /// one per call, as [`ChildExit::Unknown`], so the registry never keeps a
+    /// child that no longer exists.
+    ///
     /// # Errors
     /// As [`reap`].
     pub fn reap(&mut self) -> Result<Option<Reaped<T>>, ProcError> {
-        let Some((pid, exit)) = reap()? else { return Ok(None) };
+        let (pid, exit) = match wait_any()? {
+            Wait::NoneReady => return Ok(None),
+            Wait::Ended(pid, status) => {
+                (pid, ChildExit::from_wait_status(status).unwrap_or(ChildExit::Unknown))
+            }
+            Wait::NoChildren => {
+                let Some(&pid) = self.live.keys().next() else { return Ok(None) };
+                tracing::warn!(pid = pid.as_raw(), "a registered child was reaped elsewhere");
+                (pid, ChildExit::Unknown)
+            }
+        };
         let info = self.live.remove(&pid);
         if info.is_none() {
             tracing::debug!(pid = pid.as_raw(), %exit, "reaped a child that was not registered");
@@ -222,12 +260,14 @@ impl<T> Children<T> {
         })
     }
 
-    /// Sends `signal` to every live child; returns how many were signalled.
-    /// A child that already exited but is not reaped yet is not an error.
+    /// Sends `signal` to every registered child not reaped yet; returns how many
+    /// were signalled. A child that has exited but is not reaped yet (a zombie)
+    /// still counts: it holds its pid, so no other process can have it. One
+    /// reaped behind the registry's back (`ESRCH`) is skipped, not counted.
     ///
     /// # Errors
-    /// The first [`ProcError::Kill`] other than "no such process"; the rest of
-    /// the children are still signalled.
+    /// The first [`ProcError::Kill`] other than `ESRCH`; the rest of the
+    /// children are still signalled.
     pub fn signal_all(&self, signal: Signal) -> Result<usize, ProcError> {
         let mut sent = 0;
         let mut first_error = None;

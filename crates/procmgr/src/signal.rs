@@ -2,6 +2,7 @@
 //! and `poll(2)` on it beside the caller's descriptors.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
@@ -10,7 +11,6 @@ use nix::libc;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{self as nix_signal, SigSet, SigmaskHow};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::unistd::Pid;
 
 use crate::error::os;
 use crate::{ChildPid, ProcError};
@@ -62,10 +62,6 @@ impl Signal {
     pub fn name(self) -> Option<&'static str> {
         nix_signal::Signal::try_from(self.0).ok().map(nix_signal::Signal::as_str)
     }
-
-    fn to_nix(self) -> Result<nix_signal::Signal, ProcError> {
-        nix_signal::Signal::try_from(self.0).map_err(|errno| ProcError::Mask { source: os(errno) })
-    }
 }
 
 impl fmt::Display for Signal {
@@ -84,24 +80,42 @@ impl fmt::Debug for Signal {
     }
 }
 
+/// A `SigSet` of any signal numbers, real-time ones included (nix's own
+/// `SigSet::add` only takes the named signals).
 fn sigset(signals: &[Signal]) -> Result<SigSet, ProcError> {
-    let mut set = SigSet::empty();
+    let mut raw = *SigSet::empty().as_ref();
     for signal in signals {
-        set.add(signal.to_nix()?);
+        // SAFETY: `raw` is an initialised, writable sigset_t; sigaddset only
+        // checks the number and sets one bit.
+        if unsafe { libc::sigaddset(&mut raw, signal.as_raw()) } != 0 {
+            return Err(ProcError::Mask { source: std::io::Error::last_os_error() });
+        }
     }
-    Ok(set)
+    // SAFETY: `raw` came from an initialised SigSet and was only changed by
+    // sigaddset, so it is a valid sigset_t.
+    Ok(unsafe { SigSet::from_sigset_t_unchecked(raw) })
 }
 
-/// Restores the signal mask it was created with when dropped.
+/// Whether `set` contains `signal` (for any signal number).
+fn contains(set: &SigSet, signal: Signal) -> bool {
+    // SAFETY: `set` is a valid sigset_t, only read.
+    unsafe { libc::sigismember(set.as_ref(), signal.as_raw()) == 1 }
+}
+
+/// Unblocks, when dropped, the signals that [`block`] newly blocked (those that
+/// were blocked already stay blocked), so guards may be dropped in any order.
+///
+/// A mask belongs to a thread, so the guard cannot be sent to another one.
 #[derive(Debug)]
 #[must_use = "the previous mask is restored on drop"]
 pub struct MaskGuard {
-    previous: SigSet,
+    newly_blocked: SigSet,
+    _same_thread: PhantomData<*const ()>,
 }
 
 impl Drop for MaskGuard {
     fn drop(&mut self) {
-        if let Err(errno) = self.previous.thread_set_mask() {
+        if let Err(errno) = self.newly_blocked.thread_unblock() {
             tracing::warn!(error = %errno, "cannot restore the signal mask");
         }
     }
@@ -109,6 +123,8 @@ impl Drop for MaskGuard {
 
 /// `pthread_sigmask(SIG_BLOCK)`: blocks `signals` in the calling thread until the
 /// guard is dropped. A blocked signal stays pending instead of being delivered.
+/// Real-time signals are accepted; SIGKILL and SIGSTOP are silently not blocked,
+/// as the kernel never blocks them.
 ///
 /// In a single-threaded process this is the process mask. Threads spawned while
 /// the guard lives inherit the blocked mask.
@@ -120,21 +136,30 @@ pub fn block(signals: &[Signal]) -> Result<MaskGuard, ProcError> {
     let previous = set
         .thread_swap_mask(SigmaskHow::SIG_BLOCK)
         .map_err(|e| ProcError::Mask { source: os(e) })?;
-    Ok(MaskGuard { previous })
+    let newly: Vec<Signal> =
+        signals.iter().copied().filter(|&signal| !contains(&previous, signal)).collect();
+    Ok(MaskGuard { newly_blocked: sigset(&newly)?, _same_thread: PhantomData })
 }
 
 /// `kill(2)`: sends `signal` to one child.
 ///
+/// A child that has exited but is not reaped yet (a zombie) still has its pid,
+/// so this succeeds; once it is reaped the pid is free for reuse, which is why
+/// the registry ([`Children::signal_all`](crate::Children::signal_all)) only
+/// signals children it has not reaped.
+///
 /// # Errors
-/// [`ProcError::Kill`], for instance `ESRCH` when the process is already gone
-/// (reaped) or `EPERM`.
+/// [`ProcError::Kill`], for instance `ESRCH` when no such process exists or
+/// `EPERM`.
 pub fn kill(pid: ChildPid, signal: Signal) -> Result<(), ProcError> {
-    let kill_err = |errno| ProcError::Kill { pid, signal, source: os(errno) };
-    nix_signal::kill(
-        Pid::from_raw(pid.as_raw()),
-        signal.to_nix().map_err(|_| kill_err(Errno::EINVAL))?,
-    )
-    .map_err(kill_err)
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; the
+    // pid is positive (ChildPid), so it targets one process, never a group.
+    let rc = unsafe { libc::kill(pid.as_raw(), signal.as_raw()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(ProcError::Kill { pid, signal, source: std::io::Error::last_os_error() })
+    }
 }
 
 /// Signals read as data: the named signals are blocked and arrive through a
@@ -145,12 +170,20 @@ pub fn kill(pid: ChildPid, signal: Signal) -> Result<(), ProcError> {
 /// is busy stays readable until it is read.
 ///
 /// Create it before spawning threads or forking: the mask is per thread, and a
-/// thread that does not block the signals would take them instead. Dropping it
-/// closes the descriptor and then restores the previous mask, at which point
-/// any signal still pending (unread) is delivered normally.
+/// thread that does not block the signals would take them instead (a SIGCHLD
+/// taken by such a thread is discarded, a SIGTERM kills the process). It
+/// cannot be sent to another thread. Dropping it closes the descriptor and then
+/// unblocks what it blocked, at which point any signal still pending (unread)
+/// is delivered normally.
+///
+/// When SIGCHLD is in the set, its disposition is set to the default (with no
+/// `SA_NOCLDWAIT`): a SIGCHLD ignored by whoever started this process (the
+/// setting survives `execve`) would make the kernel reap children itself,
+/// send no signal, and leave nothing for `waitpid` to report.
 #[derive(Debug)]
 pub struct Signals {
-    // Field order is drop order: close the descriptor, then unblock.
+    // Field order is drop order: close the descriptor, then unblock. The guard
+    // also keeps `Signals` on the thread whose mask it changed.
     fd: SignalFd,
     _blocked: MaskGuard,
 }
@@ -173,7 +206,14 @@ impl Signals {
     /// [`ProcError::Mask`] if the mask cannot be changed, [`ProcError::SignalFd`]
     /// if the descriptor cannot be created.
     pub fn new(signals: &[Signal]) -> Result<Self, ProcError> {
+        if let Ok(threads @ 2..) = crate::thread_count() {
+            tracing::warn!(threads, "signals blocked in one thread of several may go astray");
+        }
         let set = sigset(signals)?;
+        if signals.contains(&Signal::CHLD) {
+            crate::fork::set_default(libc::SIGCHLD)
+                .map_err(|source| ProcError::Disposition { signal: Signal::CHLD, source })?;
+        }
         let blocked = block(signals)?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|e| ProcError::SignalFd { source: os(e) })?;
@@ -194,7 +234,11 @@ impl Signals {
                     let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
                     tracing::trace!(signo, sender = info.ssi_pid, "signal read");
                     // The kernel only queues signals from our mask, all valid.
-                    return Ok(Signal::from_raw(signo));
+                    return Signal::from_raw(signo).map(Some).ok_or_else(|| {
+                        let message = format!("signalfd reported signal number {signo}");
+                        let source = std::io::Error::new(std::io::ErrorKind::InvalidData, message);
+                        ProcError::ReadSignal { source }
+                    });
                 }
                 Ok(None) => return Ok(None),
                 Err(Errno::EINTR) => continue,

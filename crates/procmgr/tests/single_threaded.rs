@@ -17,7 +17,7 @@ fn main() {
         return;
     }
     type Scenario = (&'static str, fn(&Signals));
-    let scenarios: [Scenario; 7] = [
+    let scenarios: [Scenario; 10] = [
         ("checked fork, exit code through SIGCHLD", checked_fork_reports_exit_code),
         ("an exit before the parent waits is not lost", early_exit_is_not_lost),
         ("many exits, one wake-up, all reaped", coalesced_exits_are_all_reaped),
@@ -25,15 +25,22 @@ fn main() {
         ("SIGTERM reaches a child whose parent blocks it", child_can_be_terminated),
         ("a panicking child exits 101", panicking_child_exits_101),
         ("the low-level fork tells the sides apart", low_level_fork),
+        ("a dropped InChild ends the child", dropped_in_child_ends_the_child),
+        ("children reaped elsewhere leave the registry", children_reaped_elsewhere),
+        ("threads are counted, and fork refuses a second one", fork_refuses_a_second_thread),
     ];
     assert_eq!(procmgr::thread_count().unwrap(), 1, "this target must stay single-threaded");
+    // Before anything else: an inherited "ignore SIGCHLD" must not make exits
+    // vanish (the kernel would reap children itself and send no SIGCHLD).
+    inherited_ignored_sigchld_is_undone();
+    println!("test an inherited SIG_IGN for SIGCHLD is undone ... ok");
     // Block SIGCHLD before the first fork, as a server must.
     let signals = Signals::new(&[Signal::CHLD, Signal::TERM]).unwrap();
     for (name, scenario) in scenarios {
         scenario(&signals);
         println!("test {name} ... ok");
     }
-    println!("\ntest result: ok. {} passed", scenarios.len());
+    println!("\ntest result: ok. {} passed", scenarios.len() + 1);
 }
 
 /// Waits for SIGCHLD and reaps until `count` children have been reaped, for at
@@ -141,6 +148,10 @@ fn child_signal_state_is_reset(signals: &Signals) {
     );
     // SAFETY: `noop_handler` does nothing, which is async-signal-safe.
     let old_usr1 = unsafe { nix::sys::signal::sigaction(NixSignal::SIGUSR1, &handler) }.unwrap();
+    // SIGCHLD is blocked and read from the signalfd, so this handler never
+    // runs; the child must still not inherit it.
+    // SAFETY: as above.
+    let old_chld = unsafe { nix::sys::signal::sigaction(NixSignal::SIGCHLD, &handler) }.unwrap();
     // SAFETY: ignoring a signal installs no code.
     let old_usr2 =
         unsafe { nix::sys::signal::signal(NixSignal::SIGUSR2, SigHandler::SigIgn) }.unwrap();
@@ -176,6 +187,8 @@ fn child_signal_state_is_reset(signals: &Signals) {
     assert!(SigSet::thread_get_mask().unwrap().contains(NixSignal::SIGCHLD));
     // SAFETY: puts back the dispositions this scenario found.
     unsafe { nix::sys::signal::sigaction(NixSignal::SIGUSR1, &old_usr1) }.unwrap();
+    // SAFETY: as above.
+    unsafe { nix::sys::signal::sigaction(NixSignal::SIGCHLD, &old_chld) }.unwrap();
     // SAFETY: as above.
     unsafe { nix::sys::signal::signal(NixSignal::SIGUSR2, old_usr2) }.unwrap();
 }
@@ -214,4 +227,58 @@ fn low_level_fork(signals: &Signals) {
     }
     let reaped = reap_n(signals, &mut children, 1);
     assert_eq!(reaped[0].exit, ChildExit::Exited(5));
+}
+
+fn inherited_ignored_sigchld_is_undone() {
+    // SAFETY: ignoring a signal installs no code.
+    unsafe { nix::sys::signal::signal(NixSignal::SIGCHLD, SigHandler::SigIgn) }.unwrap();
+    let signals = Signals::new(&[Signal::CHLD]).unwrap();
+    assert!(matches!(disposition(NixSignal::SIGCHLD), SigHandler::SigDfl));
+    let mut children = Children::new();
+    children.insert(procmgr::fork_child(|| 3).unwrap(), ());
+    let reaped = reap_n(&signals, &mut children, 1);
+    assert_eq!(reaped[0].exit, ChildExit::Exited(3));
+}
+
+fn dropped_in_child_ends_the_child(signals: &Signals) {
+    let mut children = Children::new();
+    let pid = match procmgr::fork().unwrap() {
+        Fork::Parent(pid) => pid,
+        Fork::Child(me) => {
+            // Forgetting to call `exit` must not let the child run on.
+            drop(me);
+            unreachable!("the child ended in InChild's drop");
+        }
+    };
+    children.insert(pid, ());
+    let reaped = reap_n(signals, &mut children, 1);
+    assert_eq!(reaped[0].exit, ChildExit::Exited(InChild::DROPPED_EXIT_CODE));
+}
+
+fn children_reaped_elsewhere(_: &Signals) {
+    // A registered pid that is not our child (init, here): waitpid says there
+    // are no children, and the registry must let go of it.
+    let mut children = Children::new();
+    children.insert(ChildPid::from_raw(1).unwrap(), "not ours");
+    let reaped = children.reap().unwrap().expect("the stale entry is reported");
+    assert_eq!((reaped.exit, reaped.info), (ChildExit::Unknown, Some("not ours")));
+    assert!(children.is_empty());
+    assert!(children.reap().unwrap().is_none());
+}
+
+fn fork_refuses_a_second_thread(_: &Signals) {
+    assert_eq!(procmgr::thread_count().unwrap(), 1);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let helper = std::thread::spawn(move || rx.recv());
+    assert_eq!(procmgr::thread_count().unwrap(), 2);
+    let err = procmgr::fork_child(|| 0).unwrap_err();
+    assert!(matches!(err, procmgr::ProcError::MultiThreaded { threads: 2 }), "{err:?}");
+    drop(tx);
+    helper.join().unwrap().unwrap_err();
+    // Joined: single-threaded again (the kernel may take a moment to reap it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while procmgr::thread_count().unwrap() != 1 {
+        assert!(Instant::now() < deadline, "the helper thread never went away");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
