@@ -65,12 +65,15 @@ pub enum EchoError {
         source: io::Error,
     },
     /// The peer closed before the whole echo of a message came back.
-    #[error("peer closed the connection after echoing {got} of {expected} bytes")]
+    #[error(
+        "peer closed the connection after echoing {} of {expected} bytes",
+        totals.received
+    )]
     Closed {
-        /// How many bytes were sent and expected back.
+        /// The length of the message, all of which was expected back.
         expected: usize,
-        /// How many came back.
-        got: usize,
+        /// What was sent (possibly less than `expected`) and echoed before the close.
+        totals: Totals,
     },
 }
 
@@ -88,10 +91,9 @@ impl EchoError {
     #[must_use]
     pub fn totals(&self) -> Totals {
         match *self {
-            Self::Read { totals, .. } | Self::Write { totals, .. } => totals,
-            Self::Closed { expected, got } => {
-                Totals { received: got as u64, sent: expected as u64 }
-            }
+            Self::Read { totals, .. }
+            | Self::Write { totals, .. }
+            | Self::Closed { totals, .. } => totals,
         }
     }
 }
@@ -191,7 +193,7 @@ pub fn round_trip<S: Read + Write>(
             match stream.read(&mut reply[filled..start + piece.len()]) {
                 Ok(0) => {
                     reply.truncate(filled);
-                    return Err(EchoError::Closed { expected: message.len(), got: filled });
+                    return Err(EchoError::Closed { expected: message.len(), totals });
                 }
                 Ok(n) => {
                     filled += n;

@@ -263,9 +263,22 @@ fn round_trip_reports_a_peer_that_closes_early() {
     peer.close_after = 3;
     let mut reply = Vec::new();
     let err = round_trip(&mut peer, b"hello", &mut reply).unwrap_err();
-    assert!(matches!(err, EchoError::Closed { expected: 5, got: 3 }), "{err:?}");
+    let totals = Totals { received: 3, sent: 5 };
+    assert!(matches!(err, EchoError::Closed { expected: 5, totals: t } if t == totals), "{err:?}");
     assert_eq!(reply, b"hel");
     assert_eq!(err.to_string(), "peer closed the connection after echoing 3 of 5 bytes");
+}
+
+#[test]
+fn a_close_midway_through_a_long_message_counts_only_what_was_sent() {
+    let mut peer = loopback(14);
+    peer.close_after = 100;
+    let message = Rng(15).bytes(3 * BUFFER_SIZE);
+    let err = round_trip(&mut peer, &message, &mut Vec::new()).unwrap_err();
+    // Only the first piece went out before the echo stopped.
+    let totals = Totals { received: 100, sent: BUFFER_SIZE as u64 };
+    assert!(matches!(err, EchoError::Closed { totals: t, .. } if t == totals), "{err:?}");
+    assert_eq!(err.totals(), totals);
 }
 
 #[test]

@@ -11,11 +11,22 @@ use std::net::SocketAddr;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetError {
-    /// `socket(2)` or setting a socket option failed before binding or connecting.
+    /// `socket(2)` failed before binding or connecting.
     #[error("cannot create a socket for {addr}")]
     Socket {
         /// The address the socket was for.
         addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `setsockopt(2)` failed for a listener about to be bound.
+    #[error("cannot set {option} on a socket for {addr}")]
+    SocketOption {
+        /// The address the socket was for.
+        addr: SocketAddr,
+        /// The option, as named in C (`SO_REUSEADDR`).
+        option: &'static str,
         /// The OS error.
         #[source]
         source: io::Error,
@@ -116,6 +127,7 @@ impl NetError {
     pub fn io_error(&self) -> &io::Error {
         match self {
             Self::Socket { source, .. }
+            | Self::SocketOption { source, .. }
             | Self::Bind { source, .. }
             | Self::Listen { source, .. }
             | Self::Accept { source, .. }

@@ -36,9 +36,10 @@ impl Listener {
     pub fn bind(addr: SocketAddr, backlog: i32) -> Result<Self, NetError> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(|source| NetError::Socket { addr, source })?;
-        socket.set_reuse_address(true).map_err(|source| NetError::Socket { addr, source })?;
+        let option = |option| move |source| NetError::SocketOption { addr, option, source };
+        socket.set_reuse_address(true).map_err(option("SO_REUSEADDR"))?;
         if addr.is_ipv6() {
-            socket.set_only_v6(true).map_err(|source| NetError::Socket { addr, source })?;
+            socket.set_only_v6(true).map_err(option("IPV6_V6ONLY"))?;
         }
         socket.bind(&addr.into()).map_err(|source| NetError::Bind { addr, source })?;
         socket.listen(backlog).map_err(|source| NetError::Listen { addr, source })?;

@@ -26,6 +26,19 @@ pub enum ProcError {
         #[source]
         source: io::Error,
     },
+    /// `prctl(PR_SET_PDEATHSIG)` failed.
+    #[error("cannot ask for a signal on the parent's death")]
+    ParentDeathSignal {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The parent exited before the child could ask to follow it.
+    #[error("the parent process {parent} is already gone")]
+    ParentGone {
+        /// The parent's pid before the fork.
+        parent: u32,
+    },
     /// `fork(2)` failed: `EAGAIN` for a process limit, `ENOMEM` for memory.
     #[error("cannot fork")]
     Fork {

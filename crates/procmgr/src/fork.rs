@@ -1,9 +1,12 @@
 //! `fork(2)` with its safety contract enforced, the child-side signal reset, and
 //! the one way a child ends.
 
+use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
+use std::sync::{Mutex, PoisonError};
 
 use nix::libc;
 use nix::sys::signal::{SigSet, SigmaskHow};
@@ -125,31 +128,79 @@ fn current_handler(signo: i32) -> Option<libc::sighandler_t> {
 
 /// Sets `signo` to its default action, with no flags and an empty mask.
 pub(crate) fn set_default(signo: i32) -> io::Result<()> {
+    set_disposition(signo, libc::SIG_DFL)
+}
+
+/// Sets `signo` to `SIG_DFL` or `SIG_IGN`, with no flags and an empty mask.
+/// Async-signal-safe.
+pub(crate) fn set_disposition(signo: i32, handler: libc::sighandler_t) -> io::Result<()> {
+    debug_assert!(handler == libc::SIG_DFL || handler == libc::SIG_IGN);
     // SAFETY: all-zero bytes are a valid `sigaction`: SIG_DFL, an empty mask,
     // no flags, no restorer.
-    let default: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: `default` is a valid action and a null old-action pointer is allowed.
-    let rc = unsafe { libc::sigaction(signo, &default, ptr::null_mut()) };
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = handler;
+    // SAFETY: `action` is a valid action installing no code (SIG_DFL or
+    // SIG_IGN), and a null old-action pointer is allowed.
+    let rc = unsafe { libc::sigaction(signo, &action, ptr::null_mut()) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// `/proc/self/stat`, opened once per process and read again with `pread`: the
+/// thread check runs before every fork, and must not need a free descriptor (a
+/// server that has just accepted with its last descriptor must still fork).
+/// The pid says whose it is; a forked child opens its own.
+static STAT: Mutex<Option<(u32, File)>> = Mutex::new(None);
+
 /// How many threads this process has, from `/proc/self/stat`.
 ///
+/// The file is opened on the first call (close-on-exec) and kept; later calls
+/// need no descriptor.
+///
 /// # Errors
-/// [`ProcError::ThreadCount`] if the file cannot be read or parsed (no `/proc`,
-/// or out of descriptors).
+/// [`ProcError::ThreadCount`] if the file cannot be opened, read or parsed (no
+/// `/proc`, or out of descriptors on the first call).
 pub fn thread_count() -> Result<usize, ProcError> {
-    let stat = std::fs::read_to_string("/proc/self/stat")
-        .map_err(|source| ProcError::ThreadCount { source })?;
+    let failed = |source| ProcError::ThreadCount { source };
+    let mut cached = STAT.lock().unwrap_or_else(PoisonError::into_inner);
+    let pid = std::process::id();
+    let file = match &*cached {
+        Some((owner, file)) if *owner == pid => file,
+        _ => &cached.insert((pid, File::open("/proc/self/stat").map_err(failed)?)).1,
+    };
+    // The line is a few hundred bytes: 52 numbers and a name of at most 64.
+    let mut buf = [0; 4096];
+    let len = file.read_at(&mut buf, 0).map_err(failed)?;
+    let stat = String::from_utf8_lossy(&buf[..len]);
     // The command name (field 2) is in parentheses and may itself contain
     // spaces or parentheses, so count fields from the last ')'. After it come
     // field 3 (state) onwards; num_threads is field 20.
     let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     after_comm.split_ascii_whitespace().nth(20 - 3).and_then(|n| n.parse().ok()).ok_or_else(|| {
-        ProcError::ThreadCount {
-            source: io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat format"),
-        }
+        failed(io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat format"))
     })
+}
+
+/// `prctl(PR_SET_PDEATHSIG)`: asks the kernel to send `signal` to this process
+/// when its parent exits, so a child cannot outlive a parent killed with
+/// SIGKILL or ended by an error.
+///
+/// Call it in the child with the parent's pid taken *before* the fork
+/// (`std::process::id()` in the parent): if the parent died in between, the
+/// request would come too late, and this reports [`ProcError::ParentGone`].
+///
+/// # Errors
+/// [`ProcError::ParentGone`], or [`ProcError::ParentDeathSignal`] if the call fails.
+pub fn die_with_parent(signal: Signal, parent: u32) -> Result<(), ProcError> {
+    let arg = libc::c_ulong::try_from(signal.as_raw()).unwrap_or(0);
+    // SAFETY: PR_SET_PDEATHSIG takes one integer argument (a valid signal
+    // number, from `Signal`) and touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, arg, 0, 0, 0) } != 0 {
+        return Err(ProcError::ParentDeathSignal { source: io::Error::last_os_error() });
+    }
+    if std::os::unix::process::parent_id() != parent {
+        return Err(ProcError::ParentGone { parent });
+    }
+    Ok(())
 }
 
 /// `fork(2)`, refusing with [`ProcError::MultiThreaded`] unless this process has

@@ -60,10 +60,11 @@ mod signal;
 
 pub use error::ProcError;
 pub use fork::{
-    Fork, InChild, fork, fork_child, fork_child_unchecked, fork_unchecked, thread_count,
+    Fork, InChild, die_with_parent, fork, fork_child, fork_child_unchecked, fork_unchecked,
+    thread_count,
 };
 pub use reap::{ChildExit, ChildPid, Children, Reaped, reap};
-pub use signal::{MaskGuard, Signal, Signals, Wakeup, block, kill};
+pub use signal::{MaskGuard, Signal, Signals, Wakeup, block, ignore, kill};
 
 #[cfg(test)]
 mod tests;

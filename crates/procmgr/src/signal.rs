@@ -141,6 +141,22 @@ pub fn block(signals: &[Signal]) -> Result<MaskGuard, ProcError> {
     Ok(MaskGuard { newly_blocked: sigset(&newly)?, _same_thread: PhantomData })
 }
 
+/// Sets each of `signals` to be ignored (`SIG_IGN`). Ignoring survives
+/// [`fork`](crate::fork)'s reset and `execve(2)`. A child that the parent
+/// shuts down itself ignores SIGINT and SIGQUIT this way, so a Ctrl-C sent to
+/// the whole terminal process group reaches only the parent.
+///
+/// # Errors
+/// [`ProcError::Disposition`] for a signal that cannot be ignored (SIGKILL,
+/// SIGSTOP) or a failed call.
+pub fn ignore(signals: &[Signal]) -> Result<(), ProcError> {
+    for &signal in signals {
+        crate::fork::set_disposition(signal.as_raw(), libc::SIG_IGN)
+            .map_err(|source| ProcError::Disposition { signal, source })?;
+    }
+    Ok(())
+}
+
 /// `kill(2)`: sends `signal` to one child.
 ///
 /// A child that has exited but is not reaped yet (a zombie) still has its pid,

@@ -17,7 +17,7 @@ fn main() {
         return;
     }
     type Scenario = (&'static str, fn(&Signals));
-    let scenarios: [Scenario; 10] = [
+    let scenarios: [Scenario; 12] = [
         ("checked fork, exit code through SIGCHLD", checked_fork_reports_exit_code),
         ("an exit before the parent waits is not lost", early_exit_is_not_lost),
         ("many exits, one wake-up, all reaped", coalesced_exits_are_all_reaped),
@@ -28,6 +28,8 @@ fn main() {
         ("a dropped InChild ends the child", dropped_in_child_ends_the_child),
         ("children reaped elsewhere leave the registry", children_reaped_elsewhere),
         ("threads are counted, and fork refuses a second one", fork_refuses_a_second_thread),
+        ("an ignored SIGINT stays ignored in the child", ignored_signal_survives_the_reset),
+        ("an orphan dies with its parent", orphan_dies_with_its_parent),
     ];
     assert_eq!(procmgr::thread_count().unwrap(), 1, "this target must stay single-threaded");
     // Before anything else: an inherited "ignore SIGCHLD" must not make exits
@@ -281,4 +283,55 @@ fn fork_refuses_a_second_thread(_: &Signals) {
         assert!(Instant::now() < deadline, "the helper thread never went away");
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+fn ignored_signal_survives_the_reset(signals: &Signals) {
+    let mut children = Children::new();
+    let pid = procmgr::fork_child(|| {
+        if procmgr::ignore(&[Signal::INT]).is_err() {
+            return 1;
+        }
+        // An ignored signal is discarded: the child carries on.
+        let _ = nix::sys::signal::raise(NixSignal::SIGINT);
+        0
+    })
+    .unwrap();
+    children.insert(pid, ());
+    assert_eq!(reap_n(signals, &mut children, 1)[0].exit, ChildExit::Exited(0));
+    assert!(!matches!(disposition(NixSignal::SIGINT), SigHandler::SigIgn), "the parent's stays");
+}
+
+fn orphan_dies_with_its_parent(signals: &Signals) {
+    use std::io::{Read, Write};
+    // As a subreaper, this process adopts the orphaned grandchild and can reap it.
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes one integer and touches no memory.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
+    let (mut ready_rx, mut ready_tx) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut children = Children::new();
+    let middle = procmgr::fork_child(move || {
+        let parent = std::process::id();
+        let grandchild = procmgr::fork_child(move || {
+            if procmgr::die_with_parent(Signal::TERM, parent).is_err() {
+                return 9;
+            }
+            let _ = ready_tx.write_all(b"r");
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        });
+        // Exit (and orphan the grandchild) once it has asked to follow us.
+        match grandchild {
+            Ok(_) if ready_rx.read_exact(&mut [0]).is_ok() => 0,
+            _ => 1,
+        }
+    })
+    .unwrap();
+    children.insert(middle, "middle");
+    let reaped = reap_n(signals, &mut children, 2);
+    // SAFETY: as above, switching it off again.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) }, 0);
+    let exits: Vec<_> = reaped.iter().map(|r| (r.info, r.exit)).collect();
+    let term = ChildExit::Signaled { signal: Signal::TERM, core_dumped: false };
+    assert!(exits.contains(&(Some("middle"), ChildExit::Exited(0))), "{exits:?}");
+    assert!(exits.contains(&(None, term)), "the orphan did not get SIGTERM: {exits:?}");
 }
