@@ -157,3 +157,17 @@ fn client_output_to_a_closed_pipe_is_an_error_not_a_panic() {
     assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_quiet_server_still_says_where_it_listens() {
+    let server = server("127.0.0.1", &["-q"]);
+    let log = server.log().join("\n");
+    assert!(log.contains("listening on 127.0.0.1:"), "{log}");
+    let mut stream = std::net::TcpStream::connect(server.addr()).unwrap();
+    stream.write_all(b"x").unwrap();
+    drop(stream);
+    // Nothing else at the default level is logged when quiet.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = server.log();
+    assert_eq!(log.len(), 1, "{log:?}");
+}

@@ -68,12 +68,22 @@ fn at_the_child_limit_new_clients_wait_in_the_backlog() {
     server.wait_for_children(2, TIMEOUT).unwrap();
 }
 
+/// The lowest descriptor number a process has free: its next `accept(2)` gets
+/// it, and fails with EMFILE if `RLIMIT_NOFILE` is not above it.
+fn lowest_free_descriptor(pid: i32) -> usize {
+    let open: Vec<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|fd| !open.contains(fd)).unwrap()
+}
+
 #[test]
 fn out_of_descriptors_the_server_pauses_then_serves_the_waiting_client() {
-    // stdin, stdout, stderr, the signalfd and the listener use descriptors 0-4:
-    // with a limit of 5, accept(2) fails with EMFILE.
-    let server =
-        Server::start_wrapped(&["prlimit", "--nofile=5:4096", "--"], "127.0.0.1", &[]).unwrap();
+    let server = server("127.0.0.1", &[]);
+    // A limit at the next free descriptor: the next accept(2) fails with EMFILE.
+    let limit = lowest_free_descriptor(server.pid());
+    prlimit(server.pid(), &format!("--nofile={limit}:4096"));
     let mut client = connect(&server);
     client.write_all(b"patience").unwrap();
     server.wait_for_log(&["cannot accept; pausing", "Too many open files"], 1, TIMEOUT).unwrap();
@@ -88,11 +98,26 @@ fn out_of_descriptors_the_server_pauses_then_serves_the_waiting_client() {
     assert_eq!(warnings, 1, "an episode is one warning:\n{}", server.log().join("\n"));
 
     // More descriptors: the waiting client is served, its bytes intact.
-    prlimit(server.pid(), "--nofile=64:4096");
+    prlimit(server.pid(), "--nofile=1024:4096");
     let mut reply = [0; 8];
     client.read_exact(&mut reply).unwrap();
     assert_eq!(&reply, b"patience");
     server.wait_for_log(&["accepting again"], 1, TIMEOUT).unwrap();
+}
+
+#[test]
+fn a_connection_accepted_with_the_last_descriptor_is_still_served() {
+    let server = server("127.0.0.1", &[]);
+    // Room for exactly one more descriptor: accept takes it, and the fork
+    // that follows (with its thread check) must not need another.
+    let limit = lowest_free_descriptor(server.pid()) + 1;
+    prlimit(server.pid(), &format!("--nofile={limit}:4096"));
+    let mut client = connect(&server);
+    echo(&mut client, b"last one");
+    drop(client);
+    server.wait_for_log(&["child exited with status 0"], 1, TIMEOUT).unwrap();
+    let log = server.log().join("\n");
+    assert!(!log.contains("cannot fork"), "{log}");
 }
 
 #[test]
@@ -135,3 +160,33 @@ fn when_fork_fails_the_connection_is_kept_and_served_later() {
 
 /// Tests that count or limit nobody's processes must not overlap.
 pub(crate) static NOBODY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn an_idle_peer_is_disconnected_after_the_idle_timeout() {
+    let server = server("127.0.0.1", &["--idle-timeout", "0.3"]);
+    let mut quiet = connect(&server);
+    echo(&mut quiet, b"then silence");
+    let mut rest = Vec::new();
+    quiet.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    server.wait_for_log(&["peer idle for 0.3 s; closing the connection"], 1, TIMEOUT).unwrap();
+    server.wait_for_log(&["child exited with status 2"], 1, TIMEOUT).unwrap();
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_disconnected_after_the_idle_timeout() {
+    let server = server("127.0.0.1", &["--idle-timeout", "0.3"]);
+    let mut flooder = connect(&server);
+    flooder.set_write_timeout(Some(TIMEOUT)).unwrap();
+    // Write and never read: once the buffers fill, the child's writes stall,
+    // and it gives up; our writes then fail instead of blocking.
+    let chunk = vec![0_u8; 1 << 20];
+    let failed = (0..1000).find_map(|_| flooder.write_all(&chunk).err());
+    let err = failed.expect("1 GiB went into a connection nobody reads");
+    assert!(
+        matches!(err.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "expected a reset, got {err:?}"
+    );
+    server.wait_for_log(&["peer idle for 0.3 s"], 1, TIMEOUT).unwrap();
+    server.wait_for_log(&["child exited with status 2"], 1, TIMEOUT).unwrap();
+}

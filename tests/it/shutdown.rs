@@ -80,9 +80,52 @@ fn a_child_that_outlives_sigterm_is_killed() {
     let child = server.wait_for_children(1, TIMEOUT).unwrap()[0].pid;
     // A stopped process does not act on SIGTERM; only SIGKILL ends it.
     kill(Pid::from_raw(child), Signal::SIGSTOP).unwrap();
+    // Only once it is stopped: a pending SIGTERM would be taken before SIGSTOP.
+    integration_tests::wait_until(TIMEOUT, "the child to stop", || {
+        procfs::stat(child).filter(|p| p.state == 'T').map(drop)
+    })
+    .unwrap();
     let status = server.terminate(TIMEOUT).unwrap();
     assert!(status.success(), "server exited with {status}");
     let log = server.log().join("\n");
     assert!(log.contains("children outlived SIGTERM; sent SIGKILL"), "{log}");
     assert!(log.contains("child killed by signal 9 (SIGKILL)"), "{log}");
+}
+
+#[test]
+fn ctrl_c_to_the_process_group_leaves_children_their_grace() {
+    let mut server = server("127.0.0.1", &["--grace", "600"]);
+    let mut client = connected(server.addr());
+    server.wait_for_children(1, TIMEOUT).unwrap();
+    // What a terminal does on Ctrl-C: SIGINT to every process in the group.
+    server.signal_group(Signal::SIGINT).unwrap();
+    server.wait_for_log(&["received SIGINT"], 1, TIMEOUT).unwrap();
+
+    client.write_all(b"alive").unwrap();
+    let mut reply = [0; 5];
+    client.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"alive", "the child must survive the group's SIGINT");
+
+    drop(client);
+    let status = server.wait(TIMEOUT).unwrap();
+    assert!(status.success(), "server exited with {status}");
+    server.wait_for_log(&["child exited with status 0"], 1, TIMEOUT).unwrap();
+}
+
+#[test]
+fn children_do_not_outlive_a_parent_killed_with_sigkill() {
+    let mut server = server("127.0.0.1", &[]);
+    let mut client = connected(server.addr());
+    let child = server.wait_for_children(1, TIMEOUT).unwrap()[0].pid;
+    server.signal(Signal::SIGKILL).unwrap();
+    server.wait(TIMEOUT).unwrap();
+    // The child gets SIGTERM from the kernel when its parent dies; whoever
+    // adopts it then may or may not reap it, but it no longer runs.
+    integration_tests::wait_until(TIMEOUT, "the orphaned child to end", || {
+        procfs::stat(child).is_none_or(|p| p.is_zombie()).then_some(())
+    })
+    .unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "the connection closed with the child");
 }

@@ -1,6 +1,7 @@
 //! A real `echo-server` process on an ephemeral loopback port.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
@@ -19,7 +20,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `echo-server 0 --bind IP -v ARGS…` and waits for its
+    /// Starts `echo-server 0 --bind IP -v ARGS…` (without `-v` if ARGS has
+    /// `-q`) in a process group of its own, and waits for its
     /// `listening on ADDR:PORT` line to learn the port.
     ///
     /// # Errors
@@ -35,7 +37,10 @@ impl Server {
     /// As [`Server::start`].
     pub fn start_wrapped(wrapper: &[&str], ip: &str, args: &[&str]) -> Result<Self, String> {
         let mut command = command(wrapper)?;
-        command.args(["0", "--bind", ip, "-v"]).args(args);
+        command.args(["0", "--bind", ip]).args(args);
+        if !args.contains(&"-q") {
+            command.arg("-v");
+        }
         let mut process = Running::spawn(command)?;
         let found = wait_until(TIMEOUT, "the server's 'listening on' line", || {
             let listening = process.stderr().iter().find_map(|line| listening_addr(line));
@@ -134,6 +139,16 @@ impl Server {
         self.process.signal(signal)
     }
 
+    /// Sends `signal` to the server's whole process group (itself and its
+    /// children), as a terminal does for Ctrl-C.
+    ///
+    /// # Errors
+    /// When `killpg(2)` fails.
+    pub fn signal_group(&self, signal: Signal) -> Result<(), String> {
+        nix::sys::signal::killpg(Pid::from_raw(self.pid()), signal)
+            .map_err(|e| format!("killpg {}: {e}", self.pid()))
+    }
+
     /// Sends SIGTERM and waits for the server to exit.
     ///
     /// # Errors
@@ -178,7 +193,9 @@ fn command(wrapper: &[&str]) -> Result<Command, String> {
         }
         None => Command::new(server),
     };
-    command.env_remove("RUST_LOG");
+    // Its own process group, as under a shell's job control: a signal to the
+    // group reaches the server and its children, never the tests.
+    command.env_remove("RUST_LOG").process_group(0);
     Ok(command)
 }
 

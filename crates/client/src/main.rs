@@ -4,17 +4,19 @@
 //! Only wiring: arguments, logging, [`netcore::connect`], then one of two
 //! modes over `echo-proto`:
 //! - lines (the default on a terminal): each line is sent, its whole echo read
-//!   back and printed before the next line is read;
+//!   back and printed before the next line goes out; a server that closes is
+//!   noticed at once, even while the user is typing;
 //! - stream (the default otherwise): standard input is streamed to the server
 //!   while the echo is streamed to standard output, concurrently, so input of
 //!   any size goes through without deadlock.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use std::collections::VecDeque;
 use std::error::Error;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
@@ -22,7 +24,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use echo_proto::{EchoError, Totals};
+use echo_proto::{BUFFER_SIZE, EchoError, Totals};
 use tracing_subscriber::EnvFilter;
 
 /// Sends standard input to an echo server and prints what comes back.
@@ -46,8 +48,10 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     mode: Mode,
 
-    /// Give up connecting after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    /// Give up on each of the server's addresses after this many seconds
+    /// (name resolution not included).
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     connect_timeout: u64,
 
     /// Log more (-v, -vv) to standard error.
@@ -85,22 +89,25 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), Box<dyn Error>> {
-    let timeout = Duration::from_secs(args.connect_timeout.max(1));
+    let timeout = Duration::from_secs(args.connect_timeout);
     let stream = netcore::connect(&args.host, args.port, Some(timeout))?;
-    let server = stream.peer_addr()?;
-    tracing::info!("connected to {server} from {}", stream.local_addr()?);
+    let target = format!("{} port {}", args.host, args.port);
+    let setup = |source| Failure::Setup { target: target.clone(), source };
+    let server = stream.peer_addr().map_err(setup)?;
+    tracing::info!("connected to {server} from {}", stream.local_addr().map_err(setup)?);
     // Lines are request/response: send each one at once (no Nagle delay).
-    stream.set_nodelay(true)?;
-    let stdout = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+    stream.set_nodelay(true).map_err(setup)?;
+    // Standard output unbuffered, written in whole pieces as they arrive.
+    let stdout = io::stdout().as_fd().try_clone_to_owned().map_err(Failure::Output)?;
     let lines = match args.mode {
         Mode::Lines => true,
         Mode::Stream => false,
         Mode::Auto => io::stdin().is_terminal(),
     };
     let totals = if lines {
-        send_lines(&stream, server, io::stdin().lock(), stdout)
+        send_lines(&stream, server, File::from(stdout))
     } else {
-        send_stream(&stream, server, stdout)
+        send_stream(&stream, server, File::from(stdout))
     }?;
     tracing::debug!(sent = totals.sent, received = totals.received, "done");
     Ok(())
@@ -109,6 +116,8 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
 /// Why a session ended badly; each variant is one line for the user.
 #[derive(Debug)]
 enum Failure {
+    /// Setting up the connection failed after it was made.
+    Setup { target: String, source: io::Error },
     /// Reading standard input failed.
     Input(io::Error),
     /// Writing standard output failed.
@@ -116,23 +125,24 @@ enum Failure {
     /// The connection failed (reset, timeout, …).
     Connection { server: SocketAddr, source: io::Error },
     /// The server closed before echoing everything; `sent` is `None` when
-    /// input was still coming.
+    /// it is not known how much input went out.
     Closed { server: SocketAddr, sent: Option<u64>, echoed: u64 },
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Setup { target, source } => write!(f, "connection to {target} failed: {source}"),
             Self::Input(err) => write!(f, "cannot read standard input: {err}"),
             Self::Output(err) => write!(f, "cannot write standard output: {err}"),
             Self::Connection { server, source } => {
                 write!(f, "connection to {server} failed: {source}")
             }
-            Self::Closed { server, sent: Some(sent), echoed } => write!(
+            Self::Closed { server, sent: Some(sent), echoed } if echoed < sent => write!(
                 f,
                 "server {server} closed the connection after echoing {echoed} of {sent} bytes"
             ),
-            Self::Closed { server, sent: None, echoed } => write!(
+            Self::Closed { server, echoed, .. } => write!(
                 f,
                 "server {server} closed the connection before all input was sent \
                  ({echoed} bytes echoed)"
@@ -143,63 +153,133 @@ impl fmt::Display for Failure {
 
 impl Error for Failure {}
 
-/// Which side of a copy is the socket, to tell whose fault an error is.
-#[derive(Clone, Copy)]
-enum Socket {
-    /// Copying from the socket to standard output.
-    IsReader,
-    /// Copying from standard input to the socket.
-    IsWriter,
-}
-
 impl Failure {
-    fn from_copy(err: EchoError, socket: Socket, server: SocketAddr) -> Self {
-        let connection = |source| Self::Connection { server, source };
-        match (err, socket) {
-            (EchoError::Read { source, .. }, Socket::IsReader)
-            | (EchoError::Write { source, .. }, Socket::IsWriter) => connection(source),
-            (EchoError::Read { source, .. }, Socket::IsWriter) => Self::Input(source),
-            (EchoError::Write { source, .. }, Socket::IsReader) => Self::Output(source),
-            (other, _) => connection(io::Error::other(other.to_string())),
+    /// Sorts a copy's failure: the socket's side is the connection's fault,
+    /// the other side is standard input's or output's.
+    fn from_copy(err: EchoError, socket_reads: bool, server: SocketAddr) -> Self {
+        match (err, socket_reads) {
+            (EchoError::Read { source, .. }, true) | (EchoError::Write { source, .. }, false) => {
+                Self::Connection { server, source }
+            }
+            (EchoError::Read { source, .. }, false) => Self::Input(source),
+            (EchoError::Write { source, .. }, true) => Self::Output(source),
+            (other, _) => Self::Connection { server, source: io::Error::other(other.to_string()) },
         }
     }
 }
 
-/// Sends one line at a time and prints each echo once all of it is back. At
-/// end of input, shuts down the sending side and prints whatever still comes.
-fn send_lines(
-    stream: &TcpStream,
-    server: SocketAddr,
-    mut input: impl BufRead,
-    mut output: File,
-) -> Result<Totals, Failure> {
+/// What the reader threads of lines mode report to the main thread.
+#[derive(Debug)]
+enum Event {
+    /// A line of input, or a piece of at most [`BUFFER_SIZE`] bytes of a
+    /// longer one; empty at end of input.
+    Input(io::Result<Vec<u8>>),
+    /// Bytes from the server; empty when it has closed.
+    Echo(io::Result<Vec<u8>>),
+}
+
+/// Lines mode. One thread reads input lines, another reads from the server,
+/// and this one waits for either: each line is sent once the previous line's
+/// echo is all back, and that echo is printed whole. Waiting on both at once is
+/// what lets a server that closes be reported while the user is still typing.
+/// At end of input the sending side is shut down and the rest drained.
+fn send_lines(stream: &TcpStream, server: SocketAddr, mut output: File) -> Result<Totals, Failure> {
+    // Bounded, so input is read ahead by a few pieces only. No deadlock: this
+    // thread only ever blocks on the socket to send one piece, whose echo fits
+    // in the socket buffers while the server's reader waits here.
+    let (events, inbox) = mpsc::sync_channel(16);
+    let input_events = events.clone();
+    // Neither thread is joined: either may be blocked in a read when the
+    // session ends, and ending the process ends them.
+    std::thread::spawn(move || {
+        let mut input = io::stdin().lock();
+        forward_pieces(&input_events, Event::Input, |piece| {
+            // Bounded pieces: a huge "line" costs at most BUFFER_SIZE of memory.
+            input.by_ref().take(BUFFER_SIZE as u64).read_until(b'\n', piece)
+        });
+    });
+    let from_server =
+        stream.try_clone().map_err(|source| Failure::Connection { server, source })?;
+    std::thread::spawn(move || {
+        let mut buf = vec![0; BUFFER_SIZE];
+        forward_pieces(&events, Event::Echo, |piece| {
+            let n = (&from_server).read(&mut buf)?;
+            piece.extend_from_slice(&buf[..n]);
+            Ok(n)
+        });
+    });
+
+    let connection = |source| Failure::Connection { server, source };
     let mut totals = Totals::default();
-    let mut line = Vec::new();
-    let mut reply = Vec::new();
-    loop {
-        line.clear();
-        if input.read_until(b'\n', &mut line).map_err(Failure::Input)? == 0 {
-            break;
-        }
-        match echo_proto::round_trip(stream, &line, &mut reply) {
-            Ok(()) => {}
-            Err(EchoError::Closed { expected, got }) => {
-                let (sent, echoed) = (totals.sent + expected as u64, totals.received + got as u64);
-                output.write_all(&reply).map_err(Failure::Output)?;
-                return Err(Failure::Closed { server, sent: Some(sent), echoed });
+    let mut queued = VecDeque::new();
+    let mut due = 0; // echo bytes still expected for the piece in flight
+    let mut echo = Vec::new();
+    let (mut input_done, mut shut_down) = (false, false);
+    // Both threads hold a sender until they end, so this only fails if both
+    // have ended, and the server's thread always reports its end first.
+    while let Ok(event) = inbox.recv() {
+        match event {
+            Event::Input(Ok(piece)) if piece.is_empty() => input_done = true,
+            Event::Input(Ok(piece)) => queued.push_back(piece),
+            Event::Input(Err(err)) => return Err(Failure::Input(err)),
+            Event::Echo(Ok(bytes)) if bytes.is_empty() => {
+                output.write_all(&echo).map_err(Failure::Output)?;
+                let finished = input_done && queued.is_empty() && due == 0;
+                return if finished {
+                    Ok(totals)
+                } else {
+                    Err(Failure::Closed {
+                        server,
+                        sent: Some(totals.sent),
+                        echoed: totals.received,
+                    })
+                };
             }
-            Err(err) => return Err(Failure::from_copy(err, Socket::IsReader, server)),
+            Event::Echo(Ok(bytes)) => {
+                totals.received += bytes.len() as u64;
+                echo.extend_from_slice(&bytes);
+                if echo.len() >= due {
+                    output.write_all(&echo).map_err(Failure::Output)?;
+                    echo.clear();
+                    due = 0;
+                }
+            }
+            Event::Echo(Err(err)) => return Err(connection(err)),
         }
-        totals.sent += line.len() as u64;
-        totals.received += reply.len() as u64;
-        output.write_all(&reply).map_err(Failure::Output)?;
+        if due == 0 {
+            if let Some(piece) = queued.pop_front() {
+                (&*stream).write_all(&piece).map_err(connection)?;
+                totals.sent += piece.len() as u64;
+                due = piece.len();
+            } else if input_done && !shut_down {
+                // End of input: tell the server, then drain until it closes.
+                stream.shutdown(Shutdown::Write).map_err(connection)?;
+                shut_down = true;
+            }
+        }
     }
-    // End of input: tell the server, then drain until it closes its side.
-    let _ = stream.shutdown(Shutdown::Write);
-    let rest = echo_proto::relay(stream, output)
-        .map_err(|err| Failure::from_copy(err, Socket::IsReader, server))?;
-    totals.received += rest.received;
-    Ok(totals)
+    Err(connection(io::Error::other("the reader threads ended unexpectedly")))
+}
+
+/// Reads pieces with `read` (which appends to the buffer it is given and
+/// returns how much) and sends each as an event, retrying interruptions, until
+/// end of input (sent as an empty piece), an error, or nobody listening.
+fn forward_pieces(
+    events: &mpsc::SyncSender<Event>,
+    wrap: fn(io::Result<Vec<u8>>) -> Event,
+    mut read: impl FnMut(&mut Vec<u8>) -> io::Result<usize>,
+) {
+    loop {
+        let mut piece = Vec::new();
+        let result = match read(&mut piece) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            result => result.map(|_| piece),
+        };
+        let last = !matches!(&result, Ok(piece) if !piece.is_empty());
+        if events.send(wrap(result)).is_err() || last {
+            return;
+        }
+    }
 }
 
 /// Streams standard input to the server on one thread while the echo streams
@@ -218,14 +298,14 @@ fn send_stream(stream: &TcpStream, server: SocketAddr, output: File) -> Result<T
         let _ = to_server.shutdown(Shutdown::Write);
     });
     let received = echo_proto::relay(stream, output)
-        .map_err(|err| Failure::from_copy(err, Socket::IsReader, server))?
+        .map_err(|err| Failure::from_copy(err, true, server))?
         .received;
     let Ok(sent) = sender.try_recv() else {
         // The server closed while input was still coming: say so now rather
         // than wait for input that may never end.
         return Err(Failure::Closed { server, sent: None, echoed: received });
     };
-    let sent = sent.map_err(|err| Failure::from_copy(err, Socket::IsWriter, server))?.received;
+    let sent = sent.map_err(|err| Failure::from_copy(err, false, server))?.received;
     if received < sent {
         return Err(Failure::Closed { server, sent: Some(sent), echoed: received });
     }

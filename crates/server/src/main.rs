@@ -56,6 +56,11 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_secs)]
     grace: f64,
 
+    /// Close a connection whose peer sends nothing, or takes none of the echo,
+    /// for this long; 0 never does.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0, value_parser = parse_secs)]
+    idle_timeout: f64,
+
     /// Log more: -v shows each connection's data, -vv everything.
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -82,7 +87,8 @@ fn parse_secs(text: &str) -> Result<f64, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(match (args.quiet, args.verbose) {
-        (true, _) => "warn",
+        // Even when quiet, say where we listen: with port 0 nothing else tells.
+        (true, _) => "warn,echo_server::listening=info",
         (false, 0) => "info",
         (false, 1) => "debug",
         (false, _) => "trace",
@@ -101,12 +107,17 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     // the first fork: a child that exits at once cannot be missed, and a Ctrl-C
     // during start-up becomes a clean exit.
     let signals = Signals::new(&[Signal::CHLD, Signal::TERM, Signal::INT])?;
+    // The check before each fork reads /proc/self/stat through a descriptor
+    // opened here, once, so that forking never needs a free descriptor.
+    procmgr::thread_count()?;
     let listener = netcore::Listener::bind(SocketAddr::new(args.bind, args.port), args.backlog)?;
     let config = serve::Config {
         max_children: usize::try_from(args.max_children)?,
         grace: Duration::from_secs_f64(args.grace),
+        idle_timeout: Some(Duration::from_secs_f64(args.idle_timeout)).filter(|t| !t.is_zero()),
     };
-    tracing::info!(pid = std::process::id(), "listening on {}", listener.local_addr());
+    let (addr, pid) = (listener.local_addr(), std::process::id());
+    tracing::info!(target: "echo_server::listening", pid, "listening on {addr}");
     serve::run(listener, signals, &config)?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use netcore::{Listener, Recovery};
-use procmgr::{ChildExit, Children, Signal, Signals};
+use procmgr::{ChildExit, Children, ProcError, Signal, Signals};
 use tracing::{debug, info, warn};
 
 use crate::{chain, conn};
@@ -30,6 +30,9 @@ pub(crate) struct Config {
     pub(crate) max_children: usize,
     /// How long children may finish on their own once shutdown starts.
     pub(crate) grace: Duration,
+    /// How long a child waits for its peer to send or to take the echo;
+    /// `None` waits forever.
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 /// Where shutdown stands, once a SIGTERM or SIGINT has arrived.
@@ -97,12 +100,12 @@ impl Server<'_> {
                     info!("all children reaped; exiting");
                     return Ok(());
                 }
-                self.escalate(stage, now)?;
+                self.escalate(stage, now);
             }
             if self.paused_until.is_some_and(|until| now >= until) {
                 self.paused_until = None;
                 if let Some((stream, peer)) = self.pending.take() {
-                    self.spawn(stream, peer);
+                    self.spawn(stream, peer)?;
                 }
             }
             let accepting = self.may_accept();
@@ -127,7 +130,9 @@ impl Server<'_> {
         let full = self.children.len() >= self.config.max_children;
         if full != self.at_limit {
             self.at_limit = full;
-            if full {
+            if self.listener.is_none() {
+                // Shutting down: nothing is accepted either way.
+            } else if full {
                 warn!(
                     limit = self.config.max_children,
                     "child limit reached; new connections wait in the backlog"
@@ -153,7 +158,7 @@ impl Server<'_> {
         while let Some(signal) = self.signals.next()? {
             match signal {
                 Signal::CHLD => child_exited = true,
-                Signal::TERM | Signal::INT => self.request_shutdown(signal)?,
+                Signal::TERM | Signal::INT => self.request_shutdown(signal),
                 other => debug!(%other, "ignoring signal"),
             }
         }
@@ -178,7 +183,7 @@ impl Server<'_> {
         Ok(())
     }
 
-    fn request_shutdown(&mut self, signal: Signal) -> Result<(), Box<dyn Error>> {
+    fn request_shutdown(&mut self, signal: Signal) {
         let now = Instant::now();
         match self.shutdown {
             None => {
@@ -199,31 +204,38 @@ impl Server<'_> {
             Some(Stage::Terminate { .. } | Stage::Kill) => {}
         }
         if let Some(stage) = self.shutdown {
-            self.escalate(stage, now)?;
+            self.escalate(stage, now);
         }
-        Ok(())
     }
 
     /// Moves shutdown on when a deadline has passed: grace, then SIGTERM to the
     /// children, then SIGKILL.
-    fn escalate(&mut self, stage: Stage, now: Instant) -> Result<(), Box<dyn Error>> {
+    fn escalate(&mut self, stage: Stage, now: Instant) {
         if self.children.is_empty() {
-            return Ok(());
+            return;
         }
         match stage {
             Stage::Grace { until } if now >= until => {
-                let sent = self.children.signal_all(Signal::TERM)?;
+                let sent = self.signal_children(Signal::TERM);
                 info!(children = sent, "sent SIGTERM to the remaining children");
                 self.shutdown = Some(Stage::Terminate { until: now + KILL_AFTER });
             }
             Stage::Terminate { until } if now >= until => {
-                let sent = self.children.signal_all(Signal::KILL)?;
+                let sent = self.signal_children(Signal::KILL);
                 warn!(children = sent, "children outlived SIGTERM; sent SIGKILL");
                 self.shutdown = Some(Stage::Kill);
             }
             _ => {}
         }
-        Ok(())
+    }
+
+    /// Signals every live child; a failure for one (logged) does not stop
+    /// shutdown, which still reaps everyone it can.
+    fn signal_children(&self, signal: Signal) -> usize {
+        self.children.signal_all(signal).unwrap_or_else(|err| {
+            warn!(error = %chain(&err), "cannot signal every child");
+            0
+        })
     }
 
     /// Accepts what is queued, up to a batch, forking a child for each.
@@ -238,7 +250,7 @@ impl Server<'_> {
                     if let Some(failures) = self.accept_trouble.recovered() {
                         info!(failures, "accepting again");
                     }
-                    self.spawn(stream, peer);
+                    self.spawn(stream, peer)?;
                 }
                 Err(err) => match err.recovery() {
                     Recovery::Retry => debug!(error = %chain(&err), "accept failed; retrying"),
@@ -264,14 +276,16 @@ impl Server<'_> {
 
     /// Forks a child to serve `stream`. If fork fails (out of processes or
     /// memory) the connection is kept and retried after a pause, not dropped.
-    fn spawn(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn spawn(&mut self, stream: TcpStream, peer: SocketAddr) -> Result<(), Box<dyn Error>> {
         let mut stream = Some(stream);
         let listener = &mut self.listener;
+        let (parent, idle_timeout) = (std::process::id(), self.config.idle_timeout);
         let forked = procmgr::fork_child(|| {
             // In the child, on its own copy of memory: the listening socket is
             // the parent's business, so close it first; then serve.
             drop(listener.take());
-            stream.take().map_or(conn::INTERNAL_ERROR, |stream| conn::serve(stream, peer))
+            let Some(stream) = stream.take() else { return conn::INTERNAL_ERROR };
+            conn::serve(stream, peer, parent, idle_timeout)
         });
         match forked {
             Ok(pid) => {
@@ -282,7 +296,10 @@ impl Server<'_> {
                 self.children.insert(pid, peer);
                 // `stream` is dropped here, closing the parent's copy.
             }
-            Err(err) => {
+            // Out of processes or memory, or /proc unreadable for a moment: worth
+            // another try. Anything else (a thread was started, the mask cannot
+            // be set) will not get better by waiting.
+            Err(err @ (ProcError::Fork { .. } | ProcError::ThreadCount { .. })) => {
                 let (error, pause_ms) = (chain(&err), BACKOFF.as_millis());
                 let message = "cannot fork; keeping the connection and retrying after a pause";
                 if self.fork_trouble.failed() {
@@ -293,7 +310,9 @@ impl Server<'_> {
                 self.pending = stream.map(|stream| (stream, peer));
                 self.paused_until = Some(Instant::now() + BACKOFF);
             }
+            Err(err) => return Err(err.into()),
         }
+        Ok(())
     }
 }
 
