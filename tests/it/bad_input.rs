@@ -37,6 +37,13 @@ fn server_reports_an_address_in_use_in_one_line() {
 }
 
 #[test]
+fn server_reports_the_same_address_bound_twice() {
+    let done =
+        Server::run(&[], &["0", "--bind", "127.0.0.1", "--bind", "127.0.0.1"], TIMEOUT).unwrap();
+    done.expect_error(1, &["error: cannot bind 127.0.0.1:", "Address already in use"]).unwrap();
+}
+
+#[test]
 fn server_reports_an_address_that_is_not_local() {
     // TEST-NET-1 is never assigned to a host: bind(2) fails locally.
     let done = Server::run(&[], &["0", "--bind", "192.0.2.1"], TIMEOUT).unwrap();

@@ -100,3 +100,21 @@ fn empty_input_is_a_clean_session() {
     }
     server.wait_for_log(&["child exited with status 0"], 2, TIMEOUT).unwrap();
 }
+
+#[test]
+fn one_server_listens_on_ipv4_and_ipv6_on_the_same_port() {
+    if !integration_tests::ipv6_available() {
+        eprintln!("skipping: IPv6 loopback unavailable");
+        return;
+    }
+    let server = server("127.0.0.1", &["--bind", "::1"]);
+    let port = server.addr().port();
+    server.wait_for_log(&[&format!("listening on [::1]:{port}")], 1, TIMEOUT).unwrap();
+    for ip in ["127.0.0.1", "::1"] {
+        let port = port.to_string();
+        let done = Client::run(&[ip, &port], ip.as_bytes(), TIMEOUT).unwrap();
+        assert!(done.status.success(), "{ip}: {:?}", done.stderr);
+        assert_eq!(done.stdout, ip.as_bytes());
+    }
+    server.wait_for_log(&["child exited with status 0"], 2, TIMEOUT).unwrap();
+}

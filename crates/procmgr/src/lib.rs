@@ -36,7 +36,7 @@
 //! children.insert(pid, "the first child");
 //!
 //! while !children.is_empty() {
-//!     let wakeup = signals.wait([], None)?;
+//!     let wakeup = signals.wait(&[], None)?;
 //!     if !wakeup.signaled {
 //!         continue;
 //!     }

@@ -205,14 +205,14 @@ pub struct Signals {
 }
 
 /// What [`Signals::wait`] saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
-pub struct Wakeup<const N: usize> {
+pub struct Wakeup {
     /// A signal can be read with [`Signals::next`].
     pub signaled: bool,
-    /// For each of the caller's descriptors: readable, or in an error or hang-up
-    /// state that the next read or accept will report.
-    pub ready: [bool; N],
+    /// For each of the caller's descriptors, in order: readable, or in an error
+    /// or hang-up state that the next read or accept will report.
+    pub ready: Vec<bool>,
 }
 
 impl Signals {
@@ -273,22 +273,24 @@ impl Signals {
     ///
     /// # Errors
     /// [`ProcError::Poll`] if `poll(2)` fails.
-    pub fn wait<const N: usize>(
+    pub fn wait(
         &self,
-        others: [Option<BorrowedFd<'_>>; N],
+        others: &[Option<BorrowedFd<'_>>],
         timeout: Option<Duration>,
-    ) -> Result<Wakeup<N>, ProcError> {
+    ) -> Result<Wakeup, ProcError> {
         let interest = PollFlags::POLLIN;
-        let mut fds = Vec::with_capacity(N + 1);
+        let mut fds = Vec::with_capacity(others.len() + 1);
         fds.push(PollFd::new(self.fd.as_fd(), interest));
-        let mut slots = [None; N];
-        for (slot, fd) in slots.iter_mut().zip(others) {
-            if let Some(fd) = fd {
-                *slot = Some(fds.len());
+        // For each of `others`, its index in `fds`, if it is watched.
+        let slots: Vec<Option<usize>> = others
+            .iter()
+            .map(|fd| {
+                let fd = (*fd)?;
                 fds.push(PollFd::new(fd, interest));
-            }
-        }
-        let mut wakeup = Wakeup { signaled: false, ready: [false; N] };
+                Some(fds.len() - 1)
+            })
+            .collect();
+        let mut wakeup = Wakeup { signaled: false, ready: vec![false; others.len()] };
         match poll(&mut fds, poll_timeout(timeout)) {
             Ok(_) => {}
             Err(Errno::EINTR) => return Ok(wakeup),

@@ -159,18 +159,18 @@ fn signalfd_reports_a_blocked_signal_and_descriptors() {
     let (mut tx, rx) = UnixStream::pair().unwrap();
 
     // Nothing pending: the timeout ends the wait.
-    let wakeup = signals.wait([Some(rx.as_fd()), None], Some(Duration::from_millis(10))).unwrap();
+    let wakeup = signals.wait(&[Some(rx.as_fd()), None], Some(Duration::from_millis(10))).unwrap();
     assert!(!wakeup.signaled);
-    assert_eq!(wakeup.ready, [false, false]);
+    assert_eq!(wakeup.ready, vec![false, false]);
     assert_eq!(signals.next().unwrap(), None);
 
     // raise(3) targets this thread, which blocks SIGUSR1: it stays pending and
     // shows up on the signalfd instead of killing the test.
     nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR1).unwrap();
     tx.write_all(b"x").unwrap();
-    let wakeup = signals.wait([Some(rx.as_fd()), None], Some(Duration::from_secs(5))).unwrap();
+    let wakeup = signals.wait(&[Some(rx.as_fd()), None], Some(Duration::from_secs(5))).unwrap();
     assert!(wakeup.signaled);
-    assert_eq!(wakeup.ready, [true, false]);
+    assert_eq!(wakeup.ready, vec![true, false]);
     assert_eq!(signals.next().unwrap(), Some(Signal::USR1));
     assert_eq!(signals.next().unwrap(), None);
 }

@@ -57,7 +57,7 @@ fn reap_n<T>(
     while reaped.len() < count {
         let left =
             deadline.checked_duration_since(Instant::now()).expect("children not reaped in 10 s");
-        let wakeup = signals.wait([], Some(left)).unwrap();
+        let wakeup = signals.wait(&[], Some(left)).unwrap();
         if !wakeup.signaled {
             continue;
         }
@@ -87,7 +87,7 @@ fn early_exit_is_not_lost(signals: &Signals) {
     // Let the child exit long before the parent looks: its SIGCHLD must stay
     // pending on the signalfd (the point of blocking it before the fork).
     wait_until_zombie(pid);
-    let wakeup = signals.wait([], Some(Duration::ZERO)).unwrap();
+    let wakeup = signals.wait(&[], Some(Duration::ZERO)).unwrap();
     assert!(wakeup.signaled, "the SIGCHLD of an early exit was lost");
     assert_eq!(signals.next().unwrap(), Some(Signal::CHLD));
     let reaped = children.reap().unwrap().unwrap();

@@ -35,10 +35,12 @@ struct Args {
     #[arg(default_value_t = DEFAULT_PORT)]
     port: u16,
 
-    /// Local address to bind: IPv4 or IPv6 (an IPv6 listener is v6-only).
-    #[arg(short, long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    /// Local address to listen on: IPv4 or IPv6 (an IPv6 listener is v6-only).
+    /// Repeat it to listen on several, all on the same port, for instance
+    /// `--bind 0.0.0.0 --bind ::` for every IPv4 and IPv6 address.
+    #[arg(short, long, value_name = "ADDR", default_values_t = [IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
           value_parser = parse_ip)]
-    bind: IpAddr,
+    bind: Vec<IpAddr>,
 
     /// Length of the kernel's queue of connections waiting to be accepted.
     #[arg(long, value_name = "N", default_value_t = netcore::DEFAULT_BACKLOG,
@@ -110,16 +112,30 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     // The check before each fork reads /proc/self/stat through a descriptor
     // opened here, once, so that forking never needs a free descriptor.
     procmgr::thread_count()?;
-    let listener = netcore::Listener::bind(SocketAddr::new(args.bind, args.port), args.backlog)?;
+    let listeners = bind_all(args)?;
     let config = serve::Config {
         max_children: usize::try_from(args.max_children)?,
         grace: Duration::from_secs_f64(args.grace),
         idle_timeout: Some(Duration::from_secs_f64(args.idle_timeout)).filter(|t| !t.is_zero()),
     };
-    let (addr, pid) = (listener.local_addr(), std::process::id());
-    tracing::info!(target: "echo_server::listening", pid, "listening on {addr}");
-    serve::run(listener, signals, &config)?;
+    let pid = std::process::id();
+    for listener in &listeners {
+        let addr = listener.local_addr();
+        tracing::info!(target: "echo_server::listening", pid, "listening on {addr}");
+    }
+    serve::run(listeners, signals, &config)?;
     Ok(())
+}
+
+/// Binds every `--bind` address on the port; with port 0 the first gets a
+/// free port from the kernel and the others take the same one.
+fn bind_all(args: &Args) -> Result<Vec<netcore::Listener>, netcore::NetError> {
+    let mut listeners: Vec<netcore::Listener> = Vec::with_capacity(args.bind.len());
+    for &ip in &args.bind {
+        let port = listeners.first().map_or(args.port, |first| first.local_addr().port());
+        listeners.push(netcore::Listener::bind(SocketAddr::new(ip, port), args.backlog)?);
+    }
+    Ok(listeners)
 }
 
 /// Sets up logging to stderr, `level` unless `RUST_LOG` says otherwise.

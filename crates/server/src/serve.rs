@@ -1,4 +1,4 @@
-//! The parent's event loop: wait on the signalfd and the listener, accept,
+//! The parent's event loop: wait on the signalfd and the listeners, accept,
 //! fork a child per connection, reap children, and shut down in stages.
 //!
 //! One `poll(2)` waits for everything, so a SIGCHLD, a SIGTERM and a new
@@ -49,15 +49,17 @@ enum Stage {
 /// Serves until a shutdown request has been carried out; `Ok` means every child
 /// was reaped and the process can exit 0.
 pub(crate) fn run(
-    listener: Listener,
+    listeners: Vec<Listener>,
     signals: Signals,
     config: &Config,
 ) -> Result<(), Box<dyn Error>> {
     // Readiness can be stale by the time accept runs (the client may have reset),
     // and a blocking accept would then stall every other duty of the loop.
-    listener.set_nonblocking(true)?;
+    for listener in &listeners {
+        listener.set_nonblocking(true)?;
+    }
     let mut server = Server {
-        listener: Some(listener),
+        listeners,
         signals,
         children: Children::new(),
         config,
@@ -72,8 +74,8 @@ pub(crate) fn run(
 }
 
 struct Server<'a> {
-    /// `None` once shutdown has begun (closing it at once refuses new clients).
-    listener: Option<Listener>,
+    /// Empty once shutdown has begun (closing them at once refuses new clients).
+    listeners: Vec<Listener>,
     signals: Signals,
     /// Live children and the peer each one serves.
     children: Children<SocketAddr>,
@@ -109,18 +111,19 @@ impl Server<'_> {
                 }
             }
             let accepting = self.may_accept();
-            let listen = self.listener.as_ref().filter(|_| accepting).map(AsFd::as_fd);
-            let wakeup = self.signals.wait([listen], self.next_deadline(now))?;
+            let watched: Vec<_> =
+                self.listeners.iter().map(|l| accepting.then(|| l.as_fd())).collect();
+            let wakeup = self.signals.wait(&watched, self.next_deadline(now))?;
             if wakeup.signaled {
                 self.handle_signals()?;
             }
-            if wakeup.ready[0] {
-                self.accept_batch()?;
+            for (index, _) in wakeup.ready.iter().enumerate().filter(|(_, ready)| **ready) {
+                self.accept_batch(index)?;
             }
         }
     }
 
-    /// Whether to watch the listener: not while paused, holding a connection
+    /// Whether to watch the listeners: not while paused, holding a connection
     /// that could not be forked yet, or at the child limit (new clients then
     /// wait in the kernel's backlog instead of being dropped).
     fn may_accept(&mut self) -> bool {
@@ -130,7 +133,7 @@ impl Server<'_> {
         let full = self.children.len() >= self.config.max_children;
         if full != self.at_limit {
             self.at_limit = full;
-            if self.listener.is_none() {
+            if self.listeners.is_empty() {
                 // Shutting down: nothing is accepted either way.
             } else if full {
                 warn!(
@@ -190,10 +193,10 @@ impl Server<'_> {
                 info!(
                     children = self.children.len(),
                     grace_secs = self.config.grace.as_secs_f64(),
-                    "received {signal}: closing the listener, letting children finish"
+                    "received {signal}: closing the listeners, letting children finish"
                 );
-                self.listener = None;
-                // A connection we could not fork for is closed with the listener.
+                self.listeners.clear();
+                // A connection we could not fork for is closed with the listeners.
                 self.pending = None;
                 self.shutdown = Some(Stage::Grace { until: now + self.config.grace });
             }
@@ -238,13 +241,14 @@ impl Server<'_> {
         })
     }
 
-    /// Accepts what is queued, up to a batch, forking a child for each.
-    fn accept_batch(&mut self) -> Result<(), Box<dyn Error>> {
+    /// Accepts what is queued on one listener, up to a batch, forking a child
+    /// for each.
+    fn accept_batch(&mut self, index: usize) -> Result<(), Box<dyn Error>> {
         for _ in 0..ACCEPT_BATCH {
             if !self.may_accept() {
                 return Ok(());
             }
-            let Some(listener) = &self.listener else { return Ok(()) };
+            let Some(listener) = self.listeners.get(index) else { return Ok(()) };
             match listener.accept() {
                 Ok((stream, peer)) => {
                     if let Some(failures) = self.accept_trouble.recovered() {
@@ -278,12 +282,12 @@ impl Server<'_> {
     /// memory) the connection is kept and retried after a pause, not dropped.
     fn spawn(&mut self, stream: TcpStream, peer: SocketAddr) -> Result<(), Box<dyn Error>> {
         let mut stream = Some(stream);
-        let listener = &mut self.listener;
+        let listeners = &mut self.listeners;
         let (parent, idle_timeout) = (std::process::id(), self.config.idle_timeout);
         let forked = procmgr::fork_child(|| {
-            // In the child, on its own copy of memory: the listening socket is
-            // the parent's business, so close it first; then serve.
-            drop(listener.take());
+            // In the child, on its own copy of memory: the listening sockets
+            // are the parent's business, so close them first; then serve.
+            listeners.clear();
             let Some(stream) = stream.take() else { return conn::INTERNAL_ERROR };
             conn::serve(stream, peer, parent, idle_timeout)
         });
