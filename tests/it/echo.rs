@@ -84,7 +84,7 @@ fn lines_mode_echoes_each_line_and_a_last_line_without_newline() {
     let server = server("127.0.0.1", &[]);
     let port = server.addr().port().to_string();
     let input = b"one\n\ntwo \xff\x00\nlast line has no newline";
-    let done = Client::run(&["localhost", &port, "--mode", "lines"], input, TIMEOUT).unwrap();
+    let done = Client::run(&["127.0.0.1", &port, "--mode", "lines"], input, TIMEOUT).unwrap();
     assert!(done.status.success(), "client failed: {:?}", done.stderr);
     assert_eq!(done.stdout, input);
 }
