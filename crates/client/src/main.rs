@@ -142,7 +142,10 @@ impl fmt::Display for Failure {
                 f,
                 "server {server} closed the connection after echoing {echoed} of {sent} bytes"
             ),
-            Self::Closed { server, echoed, .. } => write!(
+            Self::Closed { server, sent: Some(_), echoed } => {
+                write!(f, "server {server} closed the connection ({echoed} bytes echoed)")
+            }
+            Self::Closed { server, sent: None, echoed } => write!(
                 f,
                 "server {server} closed the connection before all input was sent \
                  ({echoed} bytes echoed)"
