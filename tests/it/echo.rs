@@ -118,3 +118,41 @@ fn one_server_listens_on_ipv4_and_ipv6_on_the_same_port() {
     }
     server.wait_for_log(&["child exited with status 0"], 2, TIMEOUT).unwrap();
 }
+
+#[test]
+fn lines_mode_handles_megabytes_with_long_and_short_lines() {
+    let server = server("127.0.0.1", &[]);
+    let port = server.addr().port().to_string();
+    // 4 MiB of binary with newlines here and there, including a 1 MiB stretch
+    // without any: the client sends it in bounded pieces, in lockstep.
+    let mut input = payload(3 << 20, 99);
+    input.extend(std::iter::repeat_n(b'x', 1 << 20));
+    let done =
+        Client::run(&["127.0.0.1", &port, "--mode", "lines"], &input, Duration::from_secs(60))
+            .unwrap();
+    assert!(done.status.success(), "client failed: {:?}", done.stderr);
+    assert!(done.stdout == input, "echo differs ({} of {} bytes)", done.stdout.len(), input.len());
+}
+
+#[test]
+fn lines_mode_does_not_hang_on_a_server_that_sends_without_reading() {
+    use std::io::Write;
+    // Not an echo server: it floods 64 MiB (far more than socket buffers
+    // hold), never reads, then closes. A client blocked sending would stop
+    // reading too, and both sides would wait forever.
+    let flood = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = flood.local_addr().unwrap().port().to_string();
+    let flooder = std::thread::spawn(move || {
+        let (mut conn, _) = flood.accept().unwrap();
+        conn.set_write_timeout(Some(TIMEOUT + TIMEOUT)).unwrap();
+        let _ = conn.write_all(&vec![b'!'; 64 << 20]);
+    });
+    let input = vec![b'a'; 8 << 20];
+    let done = Client::run(&["127.0.0.1", &port, "--mode", "lines"], &input, TIMEOUT).unwrap();
+    flooder.join().unwrap();
+    assert_eq!(done.status.code(), Some(1), "{:?}", done.stderr);
+    // It kept printing while its own sending was stuck (the close ends in a
+    // reset, which may discard the tail, so not all 8 MiB need arrive).
+    assert!(done.stdout.len() > 1 << 20, "only {} bytes printed", done.stdout.len());
+    assert_eq!(done.stderr.iter().filter(|l| l.starts_with("error:")).count(), 1);
+}

@@ -129,3 +129,26 @@ fn children_do_not_outlive_a_parent_killed_with_sigkill() {
     client.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "the connection closed with the child");
 }
+
+#[test]
+fn a_third_signal_kills_what_is_left() {
+    let mut server = server("127.0.0.1", &["--grace", "600"]);
+    let _client = connected(server.addr());
+    let child = server.wait_for_children(1, TIMEOUT).unwrap()[0].pid;
+    kill(Pid::from_raw(child), Signal::SIGSTOP).unwrap();
+    integration_tests::wait_until(TIMEOUT, "the child to stop", || {
+        procfs::stat(child).filter(|p| p.state == 'T').map(drop)
+    })
+    .unwrap();
+    for (signal, said) in [
+        (Signal::SIGTERM, "received SIGTERM: closing the listeners"),
+        (Signal::SIGINT, "sent SIGTERM to the remaining children"),
+        (Signal::SIGTERM, "received SIGTERM again: killing the remaining children"),
+    ] {
+        server.signal(signal).unwrap();
+        server.wait_for_log(&[said], 1, TIMEOUT).unwrap();
+    }
+    let status = server.wait(TIMEOUT).unwrap();
+    assert!(status.success(), "server exited with {status}");
+    server.wait_for_log(&["child killed by signal 9 (SIGKILL)"], 1, TIMEOUT).unwrap();
+}

@@ -12,7 +12,6 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::collections::VecDeque;
 use std::error::Error;
 use std::fmt;
 use std::fs::File;
@@ -171,7 +170,7 @@ impl Failure {
     }
 }
 
-/// What the reader threads of lines mode report to the main thread.
+/// What the helper threads of lines mode report to the main thread.
 #[derive(Debug)]
 enum Event {
     /// A line of input, or a piece of at most [`BUFFER_SIZE`] bytes of a
@@ -179,55 +178,77 @@ enum Event {
     Input(io::Result<Vec<u8>>),
     /// Bytes from the server; empty when it has closed.
     Echo(io::Result<Vec<u8>>),
+    /// The writer thread finished sending a piece (or shutting down the
+    /// sending side).
+    Sent(io::Result<()>),
 }
 
-/// Lines mode. One thread reads input lines, another reads from the server,
-/// and this one waits for either: each line is sent once the previous line's
-/// echo is all back, and that echo is printed whole. Waiting on both at once is
-/// what lets a server that closes be reported while the user is still typing.
+/// Lines mode. Three helper threads (one reading input, one reading from the
+/// server, one writing to it) report to this one, which only ever waits for
+/// their events: each piece is handed to the writer once the previous piece's
+/// echo is all back, and that echo is printed whole. Never blocking on the
+/// terminal or the socket is what lets a server that closes be reported while
+/// the user is still typing, and keeps a server that misbehaves (sends without
+/// reading) from wedging the client. Input is read one piece ahead at most.
 /// At end of input the sending side is shut down and the rest drained.
 fn send_lines(stream: &TcpStream, server: SocketAddr, mut output: File) -> Result<Totals, Failure> {
-    // Bounded, so input is read ahead by a few pieces only. No deadlock: this
-    // thread only ever blocks on the socket to send one piece, whose echo fits
-    // in the socket buffers while the server's reader waits here.
+    let connection = |source| Failure::Connection { server, source };
     let (events, inbox) = mpsc::sync_channel(16);
+    // None of the helpers is joined: one may be blocked in a read or a write
+    // when the session ends, and ending the process ends it.
+    let (go_ahead, next_piece) = mpsc::sync_channel::<()>(1);
     let input_events = events.clone();
-    // Neither thread is joined: either may be blocked in a read when the
-    // session ends, and ending the process ends them.
     std::thread::spawn(move || {
         let mut input = io::stdin().lock();
-        forward_pieces(&input_events, Event::Input, |piece| {
+        let read = |piece: &mut Vec<u8>| {
             // Bounded pieces: a huge "line" costs at most BUFFER_SIZE of memory.
             input.by_ref().take(BUFFER_SIZE as u64).read_until(b'\n', piece)
-        });
+        };
+        // The next piece is read only once this one has been handed over.
+        forward_pieces(&input_events, Event::Input, read, || next_piece.recv().is_ok());
     });
-    let from_server =
-        stream.try_clone().map_err(|source| Failure::Connection { server, source })?;
+    let from_server = stream.try_clone().map_err(connection)?;
+    let echo_events = events.clone();
     std::thread::spawn(move || {
         let mut buf = vec![0; BUFFER_SIZE];
-        forward_pieces(&events, Event::Echo, |piece| {
+        let read = |piece: &mut Vec<u8>| {
             let n = (&from_server).read(&mut buf)?;
             piece.extend_from_slice(&buf[..n]);
             Ok(n)
-        });
+        };
+        forward_pieces(&echo_events, Event::Echo, read, || true);
+    });
+    let to_server = stream.try_clone().map_err(connection)?;
+    let (writer, pieces) = mpsc::channel::<Option<Vec<u8>>>();
+    std::thread::spawn(move || {
+        // `None` asks for the sending side to be shut down.
+        for piece in pieces {
+            let sent = match piece {
+                Some(piece) => (&to_server).write_all(&piece),
+                None => to_server.shutdown(Shutdown::Write),
+            };
+            let failed = sent.is_err();
+            if events.send(Event::Sent(sent)).is_err() || failed {
+                return;
+            }
+        }
     });
 
-    let connection = |source| Failure::Connection { server, source };
     let mut totals = Totals::default();
-    let mut queued = VecDeque::new();
-    let mut due = 0; // echo bytes still expected for the piece in flight
+    let mut queued = None; // the next piece, read ahead
+    let mut due = 0; // echo bytes still expected for the piece last sent
     let mut echo = Vec::new();
-    let (mut input_done, mut shut_down) = (false, false);
-    // Both threads hold a sender until they end, so this only fails if both
-    // have ended, and the server's thread always reports its end first.
+    let (mut writing, mut input_done, mut shut_down) = (false, false, false);
+    // The helpers hold senders until they end, and the server's reader always
+    // reports its end, so the loop ends by returning, never by a closed channel.
     while let Ok(event) = inbox.recv() {
         match event {
             Event::Input(Ok(piece)) if piece.is_empty() => input_done = true,
-            Event::Input(Ok(piece)) => queued.push_back(piece),
+            Event::Input(Ok(piece)) => queued = Some(piece),
             Event::Input(Err(err)) => return Err(Failure::Input(err)),
             Event::Echo(Ok(bytes)) if bytes.is_empty() => {
                 output.write_all(&echo).map_err(Failure::Output)?;
-                let finished = input_done && queued.is_empty() && due == 0;
+                let finished = input_done && queued.is_none() && due == 0;
                 return if finished {
                     Ok(totals)
                 } else {
@@ -247,30 +268,35 @@ fn send_lines(stream: &TcpStream, server: SocketAddr, mut output: File) -> Resul
                     due = 0;
                 }
             }
-            Event::Echo(Err(err)) => return Err(connection(err)),
+            Event::Echo(Err(err)) | Event::Sent(Err(err)) => return Err(connection(err)),
+            Event::Sent(Ok(())) => writing = false,
         }
-        if due == 0 {
-            if let Some(piece) = queued.pop_front() {
-                (&*stream).write_all(&piece).map_err(connection)?;
-                totals.sent += piece.len() as u64;
-                due = piece.len();
-            } else if input_done && !shut_down {
-                // End of input: tell the server, then drain until it closes.
-                stream.shutdown(Shutdown::Write).map_err(connection)?;
-                shut_down = true;
-            }
+        if due > 0 || writing {
+            continue;
+        }
+        if let Some(piece) = queued.take() {
+            totals.sent += piece.len() as u64;
+            due = piece.len();
+            writing = writer.send(Some(piece)).is_ok();
+            let _ = go_ahead.try_send(());
+        } else if input_done && !shut_down {
+            // End of input: tell the server, then drain until it closes.
+            writing = writer.send(None).is_ok();
+            shut_down = true;
         }
     }
-    Err(connection(io::Error::other("the reader threads ended unexpectedly")))
+    Err(connection(io::Error::other("the helper threads ended unexpectedly")))
 }
 
 /// Reads pieces with `read` (which appends to the buffer it is given and
 /// returns how much) and sends each as an event, retrying interruptions, until
-/// end of input (sent as an empty piece), an error, or nobody listening.
+/// end of input (sent as an empty piece), an error, nobody listening, or
+/// `proceed` saying no before the next piece.
 fn forward_pieces(
     events: &mpsc::SyncSender<Event>,
     wrap: fn(io::Result<Vec<u8>>) -> Event,
     mut read: impl FnMut(&mut Vec<u8>) -> io::Result<usize>,
+    mut proceed: impl FnMut() -> bool,
 ) {
     loop {
         let mut piece = Vec::new();
@@ -279,7 +305,7 @@ fn forward_pieces(
             result => result.map(|_| piece),
         };
         let last = !matches!(&result, Ok(piece) if !piece.is_empty());
-        if events.send(wrap(result)).is_err() || last {
+        if events.send(wrap(result)).is_err() || last || !proceed() {
             return;
         }
     }
@@ -303,7 +329,9 @@ fn send_stream(stream: &TcpStream, server: SocketAddr, output: File) -> Result<T
     let received = echo_proto::relay(stream, output)
         .map_err(|err| Failure::from_copy(err, true, server))?
         .received;
-    let Ok(sent) = sender.try_recv() else {
+    // The report normally waits here already; the short wait covers a server
+    // that closed on its own just as input ended.
+    let Ok(sent) = sender.recv_timeout(Duration::from_millis(100)) else {
         // The server closed while input was still coming: say so now rather
         // than wait for input that may never end.
         return Err(Failure::Closed { server, sent: None, echoed: received });

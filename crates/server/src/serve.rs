@@ -60,6 +60,7 @@ pub(crate) fn run(
     }
     let mut server = Server {
         listeners,
+        first_listener: 0,
         signals,
         children: Children::new(),
         config,
@@ -76,6 +77,8 @@ pub(crate) fn run(
 struct Server<'a> {
     /// Empty once shutdown has begun (closing them at once refuses new clients).
     listeners: Vec<Listener>,
+    /// The listener served first on the next wake-up.
+    first_listener: usize,
     signals: Signals,
     /// Live children and the peer each one serves.
     children: Children<SocketAddr>,
@@ -96,6 +99,11 @@ struct Server<'a> {
 impl Server<'_> {
     fn run(&mut self) -> Result<(), Box<dyn Error>> {
         loop {
+            if self.shutdown.is_some() {
+                // Reap before judging deadlines, so a child that has exited
+                // is not counted as one that outlived its grace.
+                self.handle_signals()?;
+            }
             let now = Instant::now();
             if let Some(stage) = self.shutdown {
                 if self.children.is_empty() {
@@ -117,9 +125,14 @@ impl Server<'_> {
             if wakeup.signaled {
                 self.handle_signals()?;
             }
-            for (index, _) in wakeup.ready.iter().enumerate().filter(|(_, ready)| **ready) {
-                self.accept_batch(index)?;
+            // Round-robin over the listeners, so none is always served last.
+            let (count, first) = (wakeup.ready.len(), self.first_listener);
+            for index in (0..count).map(|i| (first + i) % count) {
+                if wakeup.ready[index] {
+                    self.accept_batch(index)?;
+                }
             }
+            self.first_listener = (self.first_listener + 1) % count.max(1);
         }
     }
 
@@ -197,14 +210,20 @@ impl Server<'_> {
                 );
                 self.listeners.clear();
                 // A connection we could not fork for is closed with the listeners.
-                self.pending = None;
+                if let Some((_, peer)) = self.pending.take() {
+                    warn!(%peer, "closing a connection that could not be served before shutdown");
+                }
                 self.shutdown = Some(Stage::Grace { until: now + self.config.grace });
             }
             Some(Stage::Grace { .. }) => {
                 info!("received {signal} again: not waiting any longer");
                 self.shutdown = Some(Stage::Grace { until: now });
             }
-            Some(Stage::Terminate { .. } | Stage::Kill) => {}
+            Some(Stage::Terminate { .. }) => {
+                info!("received {signal} again: killing the remaining children");
+                self.shutdown = Some(Stage::Terminate { until: now });
+            }
+            Some(Stage::Kill) => {}
         }
         if let Some(stage) = self.shutdown {
             self.escalate(stage, now);
