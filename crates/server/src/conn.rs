@@ -64,7 +64,7 @@ fn prepare(
     idle_timeout: Option<Duration>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     // A Ctrl-C reaches the terminal's whole process group; the parent handles
-    // it (closing the listener, letting children finish), so children ignore it.
+    // it (closing the listeners, letting children finish), so children ignore it.
     procmgr::ignore(&[Signal::INT, Signal::QUIT])?;
     // A child must not outlive a parent that was killed or failed.
     procmgr::die_with_parent(Signal::TERM, parent)?;
