@@ -19,6 +19,18 @@ fn connected(addr: std::net::SocketAddr) -> TcpStream {
     stream
 }
 
+/// Stops the server's one child with SIGSTOP and waits until it is stopped. A
+/// stopped process does not act on SIGTERM; only SIGKILL ends it.
+fn stop_the_only_child(server: &integration_tests::Server) {
+    let child = server.wait_for_children(1, TIMEOUT).unwrap()[0].pid;
+    kill(Pid::from_raw(child), Signal::SIGSTOP).unwrap();
+    // Only once it is stopped: a pending SIGTERM would be taken before SIGSTOP.
+    integration_tests::wait_until(TIMEOUT, "the child to stop", || {
+        procfs::stat(child).filter(|p| p.state == 'T').map(drop)
+    })
+    .unwrap();
+}
+
 #[test]
 fn without_grace_idle_children_are_terminated_and_reaped() {
     let mut server = server("127.0.0.1", &["--grace", "0"]);
@@ -77,14 +89,7 @@ fn a_second_signal_cuts_the_grace_short() {
 fn a_child_that_outlives_sigterm_is_killed() {
     let mut server = server("127.0.0.1", &["--grace", "0"]);
     let _client = connected(server.addr());
-    let child = server.wait_for_children(1, TIMEOUT).unwrap()[0].pid;
-    // A stopped process does not act on SIGTERM; only SIGKILL ends it.
-    kill(Pid::from_raw(child), Signal::SIGSTOP).unwrap();
-    // Only once it is stopped: a pending SIGTERM would be taken before SIGSTOP.
-    integration_tests::wait_until(TIMEOUT, "the child to stop", || {
-        procfs::stat(child).filter(|p| p.state == 'T').map(drop)
-    })
-    .unwrap();
+    stop_the_only_child(&server);
     let status = server.terminate(TIMEOUT).unwrap();
     assert!(status.success(), "server exited with {status}");
     let log = server.log().join("\n");
@@ -134,12 +139,7 @@ fn children_do_not_outlive_a_parent_killed_with_sigkill() {
 fn a_third_signal_kills_what_is_left() {
     let mut server = server("127.0.0.1", &["--grace", "600"]);
     let _client = connected(server.addr());
-    let child = server.wait_for_children(1, TIMEOUT).unwrap()[0].pid;
-    kill(Pid::from_raw(child), Signal::SIGSTOP).unwrap();
-    integration_tests::wait_until(TIMEOUT, "the child to stop", || {
-        procfs::stat(child).filter(|p| p.state == 'T').map(drop)
-    })
-    .unwrap();
+    stop_the_only_child(&server);
     for (signal, said) in [
         (Signal::SIGTERM, "received SIGTERM: closing the listeners"),
         (Signal::SIGINT, "sent SIGTERM to the remaining children"),
