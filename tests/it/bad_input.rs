@@ -6,7 +6,7 @@ use std::net::TcpListener;
 
 use integration_tests::{Client, Server, TIMEOUT};
 
-use crate::server;
+use crate::{as_nobody, one_nobody_test_at_a_time, server};
 
 #[test]
 fn server_usage_errors_exit_2() {
@@ -50,35 +50,10 @@ fn server_reports_an_address_that_is_not_local() {
     done.expect_error(1, &["cannot bind 192.0.2.1:0", "Cannot assign requested address"]).unwrap();
 }
 
-/// Whether this test process runs as root (the owner of /proc/self).
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// `setpriv` arguments that run the next program as `nobody`, if possible.
-pub(crate) fn as_nobody() -> Option<Vec<&'static str>> {
-    let wrapper = vec!["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"];
-    if !is_root() {
-        eprintln!("skipping: needs root to switch to an unprivileged user");
-        return None;
-    }
-    let _one_at_a_time =
-        crate::limits::NOBODY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    match Server::run(&wrapper, &["--version"], TIMEOUT) {
-        Ok(done) if done.status.success() => Some(wrapper),
-        other => {
-            eprintln!("skipping: cannot run the server as nobody: {other:?}");
-            None
-        }
-    }
-}
-
 #[test]
 fn server_reports_permission_denied_for_a_privileged_port() {
     let Some(nobody) = as_nobody() else { return };
-    let _one_at_a_time =
-        crate::limits::NOBODY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one_at_a_time = one_nobody_test_at_a_time();
     // Port 7 is privileged; the kernel refuses an unprivileged bind(2) before
     // looking at whether the port is in use, so nothing is ever bound here.
     let done = Server::run(&nobody, &["7", "--bind", "127.0.0.1"], TIMEOUT).unwrap();
@@ -124,9 +99,7 @@ fn streaming_client_reports_a_server_that_closes_first() {
     let mut client = Client::connect(server.addr(), &["--mode", "stream"]).unwrap();
     client.send(b"some input, and more to come").unwrap();
     client.wait_for_output(28, TIMEOUT).unwrap();
-    let child = server.wait_for_children(1, TIMEOUT).unwrap()[0].pid;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    server.signal_only_child(nix::sys::signal::Signal::SIGKILL).unwrap();
     // Input is still open: the client must notice the close on its own.
     let done = client.finish(TIMEOUT).unwrap();
     done.expect_error(1, &["closed the connection before all input was sent"]).unwrap();

@@ -10,8 +10,7 @@ use std::time::Duration;
 use integration_tests::process::Running;
 use integration_tests::{Server, TIMEOUT, procfs};
 
-use crate::bad_input::as_nobody;
-use crate::server;
+use crate::{as_nobody, one_nobody_test_at_a_time, server};
 
 fn connect(server: &Server) -> TcpStream {
     let stream = TcpStream::connect(server.addr()).unwrap();
@@ -126,7 +125,7 @@ fn when_fork_fails_the_connection_is_kept_and_served_later() {
     // a limit that nobody's processes already reach: the server itself plus a
     // placeholder. Every fork then fails with EAGAIN until the placeholder goes.
     let Some(nobody) = as_nobody() else { return };
-    let _one_at_a_time = NOBODY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one_at_a_time = one_nobody_test_at_a_time();
     let mut sleep = Command::new("setpriv");
     sleep.args(&nobody[1..]).args(["sleep", "60"]);
     // Killed by pid when dropped, whatever happens below.
@@ -157,9 +156,6 @@ fn when_fork_fails_the_connection_is_kept_and_served_later() {
     assert_eq!(&reply, b"held");
     server.wait_for_log(&["forking again"], 1, TIMEOUT).unwrap();
 }
-
-/// Tests that count or limit nobody's processes must not overlap.
-pub(crate) static NOBODY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn an_idle_peer_is_disconnected_after_the_idle_timeout() {

@@ -5,8 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use integration_tests::{Client, TIMEOUT};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::server;
 
@@ -27,10 +26,8 @@ fn a_child_killed_by_sigkill_is_reaped_and_logged_while_serving_goes_on() {
     let mut victim = Client::connect(server.addr(), &["--mode", "lines"]).unwrap();
     victim.send(b"before\n").unwrap();
     victim.wait_for_output(7, TIMEOUT).unwrap();
-    let children = server.wait_for_children(1, TIMEOUT).unwrap();
-
-    kill(Pid::from_raw(children[0].pid), Signal::SIGKILL).unwrap();
-    let pid = format!("pid={}", children[0].pid);
+    let child = server.signal_only_child(Signal::SIGKILL).unwrap();
+    let pid = format!("pid={child}");
     server.wait_for_log(&["child killed by signal 9 (SIGKILL)", &pid], 1, TIMEOUT).unwrap();
     server.wait_for_children(0, TIMEOUT).unwrap();
 

@@ -5,8 +5,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 
 use integration_tests::{TIMEOUT, procfs};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::server;
 
@@ -22,8 +21,7 @@ fn connected(addr: std::net::SocketAddr) -> TcpStream {
 /// Stops the server's one child with SIGSTOP and waits until it is stopped. A
 /// stopped process does not act on SIGTERM; only SIGKILL ends it.
 fn stop_the_only_child(server: &integration_tests::Server) {
-    let child = server.wait_for_children(1, TIMEOUT).unwrap()[0].pid;
-    kill(Pid::from_raw(child), Signal::SIGSTOP).unwrap();
+    let child = server.signal_only_child(Signal::SIGSTOP).unwrap();
     // Only once it is stopped: a pending SIGTERM would be taken before SIGSTOP.
     integration_tests::wait_until(TIMEOUT, "the child to stop", || {
         procfs::stat(child).filter(|p| p.state == 'T').map(drop)

@@ -34,9 +34,7 @@ impl Client {
     /// # Errors
     /// When it cannot be built or started.
     pub fn start(args: &[&str]) -> Result<Self, String> {
-        let mut command = Command::new(binary("echo-client")?);
-        command.args(args).env_remove("RUST_LOG");
-        Ok(Self { process: Running::spawn(command)? })
+        Ok(Self { process: Running::spawn(command(args)?)? })
     }
 
     /// The client's pid.
@@ -116,8 +114,13 @@ impl Client {
     /// # Errors
     /// When it cannot start or does not finish in time.
     pub fn run(args: &[&str], input: &[u8], timeout: Duration) -> Result<Finished, String> {
-        let mut command = Command::new(binary("echo-client")?);
-        command.args(args).env_remove("RUST_LOG");
-        process::run_to_end(command, input, timeout)
+        process::run_to_end(command(args)?, input, timeout)
     }
+}
+
+/// A command running `echo-client ARGS…`, with `RUST_LOG` unset.
+fn command(args: &[&str]) -> Result<Command, String> {
+    let mut command = Command::new(binary("echo-client")?);
+    command.args(args).env_remove("RUST_LOG");
+    Ok(command)
 }

@@ -126,6 +126,16 @@ impl Server {
         .map_err(|e| format!("{e}; last seen: {last:?}"))
     }
 
+    /// Waits for the server's one child and sends it `signal`; returns its pid.
+    ///
+    /// # Errors
+    /// When there is not exactly one child in time, or `kill(2)` fails.
+    pub fn signal_only_child(&self, signal: Signal) -> Result<i32, String> {
+        let child = self.wait_for_children(1, TIMEOUT)?[0].pid;
+        kill(Pid::from_raw(child), signal).map_err(|e| format!("kill {child}: {e}"))?;
+        Ok(child)
+    }
+
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
         self.process.try_status().is_none()

@@ -132,7 +132,11 @@ impl Drop for MaskGuard {
 /// # Errors
 /// [`ProcError::Mask`] for a signal that cannot be blocked or a failed call.
 pub fn block(signals: &[Signal]) -> Result<MaskGuard, ProcError> {
-    let set = sigset(signals)?;
+    block_set(signals, &sigset(signals)?)
+}
+
+/// [`block`], given `signals` already made into `set`.
+fn block_set(signals: &[Signal], set: &SigSet) -> Result<MaskGuard, ProcError> {
     let previous = set
         .thread_swap_mask(SigmaskHow::SIG_BLOCK)
         .map_err(|e| ProcError::Mask { source: os(e) })?;
@@ -230,7 +234,7 @@ impl Signals {
             crate::fork::set_default(libc::SIGCHLD)
                 .map_err(|source| ProcError::Disposition { signal: Signal::CHLD, source })?;
         }
-        let blocked = block(signals)?;
+        let blocked = block_set(signals, &set)?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|e| ProcError::SignalFd { source: os(e) })?;
         Ok(Self { fd, _blocked: blocked })

@@ -166,7 +166,11 @@ impl Server<'_> {
             Some(Stage::Grace { until } | Stage::Terminate { until }) => Some(until),
             Some(Stage::Kill) | None => None,
         };
-        [shutdown, self.paused_until].into_iter().flatten().min().map(|t| t - now.min(t))
+        [shutdown, self.paused_until]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_duration_since(now))
     }
 
     fn handle_signals(&mut self) -> Result<(), Box<dyn Error>> {
