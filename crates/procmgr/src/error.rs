@@ -90,6 +90,13 @@ pub enum ProcError {
         #[source]
         source: io::Error,
     },
+    /// Closing a new child's inherited descriptors failed.
+    #[error("cannot close inherited descriptors")]
+    CloseFds {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// `kill(2)` failed.
     #[error("cannot send {signal} to process {pid}")]
     Kill {

@@ -114,7 +114,7 @@ fn exit_now(exit_code: i32) -> ! {
 }
 
 /// The signal handler installed for `signo`, or `None` if it cannot be read.
-fn current_handler(signo: i32) -> Option<libc::sighandler_t> {
+pub(crate) fn current_handler(signo: i32) -> Option<libc::sighandler_t> {
     // Zeroed, not uninitialised: the C library may write only part of the
     // structure (the kernel's shorter signal mask, no padding).
     let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
@@ -150,6 +150,19 @@ pub(crate) fn set_disposition(signo: i32, handler: libc::sighandler_t) -> io::Re
 /// server that has just accepted with its last descriptor must still fork).
 /// The pid says whose it is; a forked child opens its own.
 static STAT: Mutex<Option<(u32, File)>> = Mutex::new(None);
+
+/// Drops the cached `/proc/self/stat` descriptor without closing it, for
+/// [`close_other_fds`](crate::close_other_fds), which closes it (its number
+/// may then be reused, and must not be closed a second time). Never waits for
+/// the lock: in a child forked from a multi-threaded process it may be held
+/// forever, and the cache is then left alone.
+pub(crate) fn forget_cached_stat() {
+    if let Ok(mut cached) = STAT.try_lock() {
+        if let Some((_, file)) = cached.take() {
+            std::mem::forget(file);
+        }
+    }
+}
 
 /// How many threads this process has, from `/proc/self/stat`.
 ///

@@ -54,17 +54,21 @@
 //! ```
 
 mod error;
+mod fds;
 mod fork;
 mod reap;
 mod signal;
 
 pub use error::ProcError;
+pub use fds::close_other_fds;
 pub use fork::{
     Fork, InChild, die_with_parent, fork, fork_child, fork_child_unchecked, fork_unchecked,
     thread_count,
 };
 pub use reap::{ChildExit, ChildPid, Children, Reaped, reap};
-pub use signal::{MaskGuard, Signal, Signals, Wakeup, block, ignore, kill};
+pub use signal::{
+    MaskGuard, Signal, Signals, Wakeup, block, ignore, ignored_signals, kill, restore_default,
+};
 
 #[cfg(test)]
 mod tests;

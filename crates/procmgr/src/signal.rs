@@ -161,6 +161,36 @@ pub fn ignore(signals: &[Signal]) -> Result<(), ProcError> {
     Ok(())
 }
 
+/// Gives each of `signals` its default action (`SIG_DFL`, no flags), whether it
+/// was ignored or caught. A child uses it to undo what its launcher ignored (a
+/// SIGTERM ignored by whoever started the parent survives `execve(2)` and
+/// [`fork`](crate::fork), and would make the parent-death signal and shutdown
+/// requests do nothing). Async-signal-safe.
+///
+/// # Errors
+/// [`ProcError::Disposition`] for SIGKILL, SIGSTOP, a signal the C library
+/// reserves, or a failed call.
+pub fn restore_default(signals: &[Signal]) -> Result<(), ProcError> {
+    for &signal in signals {
+        crate::fork::set_default(signal.as_raw())
+            .map_err(|source| ProcError::Disposition { signal, source })?;
+    }
+    Ok(())
+}
+
+/// The signals this process ignores (`SIG_IGN`), real-time ones included, read
+/// with `sigaction(2)`: one query per signal number. A server reads them once
+/// at start-up, so that each child can restore just those with
+/// [`restore_default`] instead of querying every signal again.
+#[must_use]
+pub fn ignored_signals() -> Vec<Signal> {
+    (1..=libc::SIGRTMAX())
+        .filter(|&signo| signo != libc::SIGKILL && signo != libc::SIGSTOP)
+        .filter(|&signo| crate::fork::current_handler(signo) == Some(libc::SIG_IGN))
+        .filter_map(Signal::from_raw)
+        .collect()
+}
+
 /// `kill(2)`: sends `signal` to one child.
 ///
 /// A child that has exited but is not reaped yet (a zombie) still has its pid,

@@ -237,3 +237,67 @@ fn real_time_signals_can_be_blocked() {
     assert_eq!(unsafe { libc::sigismember(&raw, rt.as_raw()) }, 1);
     drop(guard);
 }
+
+/// Whether `fd` is open, by `fcntl(F_GETFD)`; async-signal-safe.
+fn is_open(fd: std::os::fd::RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags; any number is allowed.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// Forks a child that runs `close` and then reports, as its exit code, a bit
+/// per wrong descriptor: 1 if the kept one was closed, 2 if a dropped one
+/// survived, 4 if a standard stream was closed.
+fn check_closing(close: fn(std::os::fd::RawFd) -> bool) {
+    use std::os::fd::AsRawFd;
+    let _guard = lock();
+    let pairs: Vec<(UnixStream, UnixStream)> =
+        (0..3).map(|_| UnixStream::pair().unwrap()).collect();
+    let fds: Vec<i32> = pairs.iter().flat_map(|(a, b)| [a.as_raw_fd(), b.as_raw_fd()]).collect();
+    // Keep one from the middle, so descriptors on both sides of it must go.
+    let keep = fds[2];
+    let dropped: [i32; 5] = [fds[0], fds[1], fds[3], fds[4], fds[5]];
+    let child = move || {
+        if !close(keep) {
+            return 8;
+        }
+        let mut failures = 0;
+        if !is_open(keep) {
+            failures |= 1;
+        }
+        if dropped.iter().any(|&fd| is_open(fd)) {
+            failures |= 2;
+        }
+        if !(0..=2).all(is_open) {
+            failures |= 4;
+        }
+        failures
+    };
+    // SAFETY: the child only calls close_range/close/fcntl/getrlimit through
+    // `close`, compares integers and returns; all async-signal-safe, no
+    // allocation (the captured array is copied, not heap-allocated).
+    let pid = unsafe { crate::fork_child_unchecked(child) }.unwrap();
+    let mut children = Children::new();
+    children.insert(pid, ());
+    assert_eq!(reap_until(&mut children, pid).exit, ChildExit::Exited(0));
+    drop(pairs);
+}
+
+#[test]
+fn close_other_fds_keeps_only_the_standard_streams_and_the_kept_one() {
+    check_closing(|keep| {
+        // SAFETY: `keep` is open in this child for the whole call.
+        let keep = unsafe { std::os::fd::BorrowedFd::borrow_raw(keep) };
+        crate::close_other_fds(&[keep]).is_ok()
+    });
+}
+
+#[test]
+fn the_close_fallback_closes_every_number_up_to_the_limit() {
+    // What runs on kernels without close_range(2): the same result.
+    check_closing(|keep| {
+        let keep = u32::try_from(keep).unwrap_or(3);
+        crate::fds::close_each(3, keep - 1);
+        crate::fds::close_each(keep + 1, u32::MAX);
+        true
+    });
+}

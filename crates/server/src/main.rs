@@ -1,14 +1,13 @@
 //! `echo-server`: the fork-per-connection echo server.
 //!
-//! Only wiring: parse the arguments, set up logging, block the signals the
-//! event loop reads, bind, and hand over to [`serve::run`]. Each connection is
-//! served by a child process ([`conn::serve`]); the parent only accepts, forks
-//! and reaps.
+//! Only wiring: parse the arguments, set up logging, and hand a
+//! [`forkserve::Server`] the addresses, the settings and the echo loop
+//! ([`conn::serve`]) as each child's work. The library owns the rest: the
+//! accept, fork and reap loop, limits, back-off and staged shutdown.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod conn;
-mod serve;
 
 use std::error::Error;
 use std::io::IsTerminal;
@@ -17,7 +16,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use procmgr::{Signal, Signals};
 use tracing_subscriber::EnvFilter;
 
 /// The port used when none is given: unprivileged, so no root is needed.
@@ -43,7 +41,7 @@ struct Args {
     bind: Vec<IpAddr>,
 
     /// Length of the kernel's queue of connections waiting to be accepted.
-    #[arg(long, value_name = "N", default_value_t = netcore::DEFAULT_BACKLOG,
+    #[arg(long, value_name = "N", default_value_t = forkserve::DEFAULT_BACKLOG,
           value_parser = clap::value_parser!(i32).range(1..))]
     backlog: i32,
 
@@ -90,7 +88,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(match (args.quiet, args.verbose) {
         // Even when quiet, say where we listen: with port 0 nothing else tells.
-        (true, _) => "warn,echo_server::listening=info",
+        (true, _) => "warn,forkserve::listening=info",
         (false, 0) => "info",
         (false, 1) => "debug",
         (false, _) => "trace",
@@ -105,37 +103,18 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), Box<dyn Error>> {
-    // Block the signals the loop reads before anything else, and long before
-    // the first fork: a child that exits at once cannot be missed, and a Ctrl-C
-    // during start-up becomes a clean exit.
-    let signals = Signals::new(&[Signal::CHLD, Signal::TERM, Signal::INT])?;
-    // The check before each fork reads /proc/self/stat through a descriptor
-    // opened here, once, so that forking never needs a free descriptor.
-    procmgr::thread_count()?;
-    let listeners = bind_all(args)?;
-    let config = serve::Config {
-        max_children: usize::try_from(args.max_children)?,
-        grace: Duration::from_secs_f64(args.grace),
-        idle_timeout: Some(Duration::from_secs_f64(args.idle_timeout)).filter(|t| !t.is_zero()),
-    };
-    let pid = std::process::id();
-    for listener in &listeners {
-        let addr = listener.local_addr();
-        tracing::info!(target: "echo_server::listening", pid, "listening on {addr}");
-    }
-    serve::run(listeners, signals, &config)?;
+    // Binding blocks the signals the loop reads first, long before the first
+    // fork: a child that exits at once cannot be missed, and a Ctrl-C during
+    // start-up becomes a clean exit.
+    let addrs: Vec<SocketAddr> =
+        args.bind.iter().map(|&ip| SocketAddr::new(ip, args.port)).collect();
+    let idle_timeout = Some(Duration::from_secs_f64(args.idle_timeout)).filter(|t| !t.is_zero());
+    let server = forkserve::Server::bind(&addrs, args.backlog)?
+        .max_children(usize::try_from(args.max_children)?)
+        .grace(Duration::from_secs_f64(args.grace))
+        .idle_timeout(idle_timeout);
+    server.serve(|conn| conn::serve(conn, idle_timeout))?;
     Ok(())
-}
-
-/// Binds every `--bind` address on the port; with port 0 the first gets a
-/// free port from the kernel and the others take the same one.
-fn bind_all(args: &Args) -> Result<Vec<netcore::Listener>, netcore::NetError> {
-    let mut listeners: Vec<netcore::Listener> = Vec::with_capacity(args.bind.len());
-    for &ip in &args.bind {
-        let port = listeners.first().map_or(args.port, |first| first.local_addr().port());
-        listeners.push(netcore::Listener::bind(SocketAddr::new(ip, port), args.backlog)?);
-    }
-    Ok(listeners)
 }
 
 /// Sets up logging to stderr, `level` unless `RUST_LOG` says otherwise.

@@ -1,0 +1,43 @@
+//! `ServeError`: why a server could not start or had to stop.
+
+use netcore::NetError;
+use procmgr::ProcError;
+
+/// A failure that stops [`Server::serve`](crate::Server::serve) (or keeps a
+/// server from being built).
+///
+/// Each variant names the stage; the inner error names the operation and its
+/// address or pid, so the message chain reads
+/// `cannot bind 0.0.0.0:7000: Address already in use (os error 98)`.
+/// Trouble the loop recovers from (out of descriptors, a failed fork, a
+/// refused connection) never ends up here: it is reported as an
+/// [`Event`](crate::Event) and retried.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Binding or preparing a listener failed.
+    #[error(transparent)]
+    Listen(NetError),
+    /// `accept(2)` failed in a way waiting cannot fix.
+    #[error(transparent)]
+    Accept(NetError),
+    /// Blocking the server's signals or opening the signalfd failed.
+    #[error(transparent)]
+    Signals(ProcError),
+    /// Waiting for events, or reading a signal, failed.
+    #[error(transparent)]
+    Wait(ProcError),
+    /// Reaping children failed.
+    #[error(transparent)]
+    Reap(ProcError),
+    /// `fork(2)` failed in a way waiting cannot fix (the process has threads,
+    /// or its signal mask cannot be set).
+    #[error(transparent)]
+    Fork(ProcError),
+}
+
+/// An error and its causes on one line, for a log field.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let causes = std::iter::successors(Some(err), |&e| e.source()).map(ToString::to_string);
+    causes.collect::<Vec<_>>().join(": ")
+}

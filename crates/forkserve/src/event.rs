@@ -1,0 +1,232 @@
+//! What the server does, as typed values: each [`Event`] is logged as a
+//! `tracing` event with fields, and handed to the caller's observer, if any.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use netcore::NetError;
+use procmgr::{ChildExit, ChildPid, ProcError, Signal};
+use tracing::{debug, info, warn};
+
+use crate::error::chain;
+
+/// The caller's observer of events, set with
+/// [`Server::on_event`](crate::Server::on_event).
+pub(crate) type Observer = Box<dyn FnMut(&Event<'_>)>;
+
+/// Something the server did or met. Every event is logged through `tracing`
+/// (levels in each variant's doc) and passed to the observer set with
+/// [`Server::on_event`](crate::Server::on_event), in the parent process.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// Serving starts on this listener (info; target `forkserve::listening`,
+    /// so a quiet log can still keep it).
+    Listening {
+        /// The bound address, with its real port.
+        addr: SocketAddr,
+    },
+    /// A child was forked to serve a connection (info).
+    Accepted {
+        /// The child's pid.
+        pid: ChildPid,
+        /// The client's address.
+        peer: SocketAddr,
+    },
+    /// The admission policy refused a connection; it was closed unserved (info).
+    Refused {
+        /// The client's address.
+        peer: SocketAddr,
+        /// The policy's reason.
+        reason: &'a str,
+    },
+    /// The admission policy asked to hold a connection and pause accepting
+    /// (debug).
+    Deferred {
+        /// The client's address.
+        peer: SocketAddr,
+        /// How long accepting pauses.
+        pause: Duration,
+    },
+    /// A child ended and was reaped (info for status 0, warn otherwise).
+    Reaped {
+        /// Its pid.
+        pid: ChildPid,
+        /// The client it served; `None` for a child the server did not fork.
+        peer: Option<SocketAddr>,
+        /// How it ended.
+        exit: ChildExit,
+    },
+    /// The child limit was reached: the listeners are not watched until a
+    /// child ends, so new clients wait in the backlog (warn).
+    LimitReached {
+        /// The limit.
+        limit: usize,
+    },
+    /// Below the child limit again: accepting resumes (info).
+    LimitCleared {
+        /// Children alive now.
+        children: usize,
+    },
+    /// `accept(2)` failed in a way worth retrying at once (debug).
+    AcceptRetried {
+        /// The failure.
+        error: &'a NetError,
+    },
+    /// Out of descriptors or memory: accepting pauses (warn for the first
+    /// failure of an episode, debug for the rest).
+    AcceptPaused {
+        /// The failure.
+        error: &'a NetError,
+        /// How long accepting pauses.
+        pause: Duration,
+        /// This failure starts an episode.
+        first: bool,
+    },
+    /// Accepting works again after an episode of failures (info).
+    AcceptResumed {
+        /// How many failures the episode had.
+        failures: u32,
+    },
+    /// `fork(2)` failed for lack of processes or memory: the connection is held
+    /// and retried after a pause (warn for the first failure of an episode,
+    /// debug for the rest).
+    ForkPaused {
+        /// The client whose connection is held.
+        peer: SocketAddr,
+        /// The failure.
+        error: &'a ProcError,
+        /// How long until the next try.
+        pause: Duration,
+        /// This failure starts an episode.
+        first: bool,
+    },
+    /// Forking works again after an episode of failures (info).
+    ForkResumed {
+        /// How many failures the episode had.
+        failures: u32,
+    },
+    /// A shutdown signal arrived: the listeners are closed, children may
+    /// finish during the grace period (info).
+    ShutdownStarted {
+        /// SIGTERM or SIGINT.
+        signal: Signal,
+        /// Children alive.
+        children: usize,
+        /// How long they may take.
+        grace: Duration,
+    },
+    /// A held connection was closed unserved because shutdown began (warn).
+    DroppedAtShutdown {
+        /// The client's address.
+        peer: SocketAddr,
+    },
+    /// A second shutdown signal: the grace period ends now (info).
+    GraceCut {
+        /// The signal.
+        signal: Signal,
+    },
+    /// A shutdown signal while children were being terminated: SIGKILL now
+    /// (info).
+    KillRequested {
+        /// The signal.
+        signal: Signal,
+    },
+    /// The grace period is over: the remaining children were sent SIGTERM (info).
+    Terminating {
+        /// How many were signalled.
+        children: usize,
+    },
+    /// Children outlived SIGTERM: they were sent SIGKILL (warn).
+    Killing {
+        /// How many were signalled.
+        children: usize,
+    },
+    /// Some child could not be signalled during shutdown (warn).
+    SignalFailed {
+        /// The failure.
+        error: &'a ProcError,
+    },
+    /// Every child is reaped after a shutdown request; `serve` returns `Ok`
+    /// (info).
+    Finished,
+}
+
+impl Event<'_> {
+    /// Emits this event through `tracing`, with fields.
+    pub(crate) fn log(&self) {
+        match *self {
+            Self::Listening { addr } => {
+                let pid = std::process::id();
+                info!(target: "forkserve::listening", pid, "listening on {addr}");
+            }
+            Self::Accepted { pid, peer } => info!(%pid, %peer, "accepted a connection"),
+            Self::Refused { peer, reason } => info!(%peer, reason, "refused a connection"),
+            Self::Deferred { peer, pause } => {
+                let pause_ms = pause.as_millis();
+                debug!(%peer, pause_ms, "admission deferred; holding the connection");
+            }
+            Self::Reaped { pid, peer, exit } => {
+                let peer = peer.map(tracing::field::display);
+                if exit.success() {
+                    info!(%pid, peer, "child {exit}");
+                } else {
+                    warn!(%pid, peer, "child {exit}");
+                }
+            }
+            Self::LimitReached { limit } => {
+                warn!(limit, "child limit reached; new connections wait in the backlog");
+            }
+            Self::LimitCleared { children } => {
+                info!(children, "below the child limit; accepting again");
+            }
+            Self::AcceptRetried { error } => {
+                debug!(error = chain(error), "accept failed; retrying");
+            }
+            Self::AcceptPaused { error, pause, first } => {
+                let (error, pause_ms) = (chain(error), pause.as_millis());
+                let message = "cannot accept; pausing, connections wait in the backlog";
+                if first {
+                    warn!(error, pause_ms, "{message}");
+                } else {
+                    debug!(error, pause_ms, "{message}");
+                }
+            }
+            Self::AcceptResumed { failures } => info!(failures, "accepting again"),
+            Self::ForkPaused { peer, error, pause, first } => {
+                let (error, pause_ms) = (chain(error), pause.as_millis());
+                let message = "cannot fork; keeping the connection and retrying after a pause";
+                if first {
+                    warn!(%peer, error, pause_ms, "{message}");
+                } else {
+                    debug!(%peer, error, pause_ms, "{message}");
+                }
+            }
+            Self::ForkResumed { failures } => info!(failures, "forking again"),
+            Self::ShutdownStarted { signal, children, grace } => {
+                let grace_secs = grace.as_secs_f64();
+                info!(
+                    children,
+                    grace_secs, "received {signal}: closing the listeners, letting children finish"
+                );
+            }
+            Self::DroppedAtShutdown { peer } => {
+                warn!(%peer, "closing a connection that could not be served before shutdown");
+            }
+            Self::GraceCut { signal } => info!("received {signal} again: not waiting any longer"),
+            Self::KillRequested { signal } => {
+                info!("received {signal} again: killing the remaining children");
+            }
+            Self::Terminating { children } => {
+                info!(children, "sent SIGTERM to the remaining children");
+            }
+            Self::Killing { children } => {
+                warn!(children, "children outlived SIGTERM; sent SIGKILL");
+            }
+            Self::SignalFailed { error } => {
+                warn!(error = chain(error), "cannot signal every child");
+            }
+            Self::Finished => info!("all children reaped; exiting"),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! A fork-per-connection TCP server as a library: the parent's loop that
+//! accepts, forks a child per connection, reaps, and shuts down in stages,
+//! generic over what a child does.
+//!
+//! Hand [`Server`] your listeners (or addresses) and a closure; the closure
+//! runs in a new child process for each connection and returns its exit code.
+//! Everything else comes with it:
+//!
+//! - a child limit that leaves further clients waiting in the kernel's backlog
+//!   ([`Server::max_children`]), and back-off, not a busy loop, when
+//!   descriptors, processes or memory run out (a connection whose fork failed
+//!   is kept and retried);
+//! - every child reaped as soon as it exits, and logged with how it ended
+//!   (`child exited with status 0`, `child killed by signal 9 (SIGKILL)`);
+//!   SIGCHLD, SIGTERM and SIGINT are read from a `signalfd`, so no signal
+//!   handler runs and no exit is lost;
+//! - shutdown on SIGTERM or SIGINT: the listeners close, children get a grace
+//!   period ([`Server::grace`]), then SIGTERM, then SIGKILL; a second signal
+//!   cuts the wait, a third kills; `serve` returns `Ok` once all are reaped;
+//! - clean children: only the standard streams and the connection stay open,
+//!   the signal state is a fresh program's, Ctrl-C at the terminal reaches the
+//!   parent alone, and a child gets SIGTERM if the parent dies;
+//! - a decision on each connection before any fork ([`Admit`]), and every
+//!   step reported as an [`Event`], logged through `tracing` with fields.
+//!
+//! The library never prints and never installs a `tracing` subscriber: set one
+//! up to see its log. It knows no protocol: what a child does with its
+//! [`Connection`] is the caller's closure.
+//!
+//! ```no_run
+//! use std::io::Write;
+//!
+//! fn main() -> Result<(), forkserve::ServeError> {
+//!     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+//!     let server = forkserve::Server::bind(&["127.0.0.1:0".parse().unwrap()], 128)?
+//!         .max_children(100);
+//!     // Runs in a new child process for every connection.
+//!     server.serve(|mut conn| match writeln!(conn.stream, "hello, {}", conn.peer) {
+//!         Ok(()) => 0,
+//!         Err(_) => 1,
+//!     })
+//! }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod admit;
+mod child;
+mod error;
+mod event;
+mod server;
+mod supervisor;
+
+pub use admit::{Admit, Verdict};
+pub use child::{Connection, SETUP_FAILED};
+pub use error::ServeError;
+pub use event::Event;
+pub use netcore::{DEFAULT_BACKLOG, Listener, NetError};
+pub use procmgr::{ChildExit, ChildPid, ProcError, Signal};
+pub use server::Server;

@@ -1,0 +1,403 @@
+//! The parent's event loop: wait on the signalfd and the listeners, accept,
+//! decide, fork a child per connection, reap children, and shut down in stages.
+//!
+//! One `poll(2)` waits for everything, so a SIGCHLD, a SIGTERM and a new
+//! connection are all handled in ordinary code, in the order they matter:
+//! signals first (reaping frees child slots), then accepts.
+
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use netcore::{Listener, Recovery};
+use procmgr::{Children, ProcError, Signal, Signals};
+
+use crate::child::ChildSetup;
+use crate::event::Observer;
+use crate::{Admit, Connection, Event, ServeError, Verdict};
+
+/// Connections accepted per wake-up before signals get another look.
+const ACCEPT_BATCH: usize = 64;
+
+/// The loop's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) max_children: usize,
+    pub(crate) grace: Duration,
+    pub(crate) kill_after: Duration,
+    pub(crate) backoff: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_children: 1024,
+            grace: Duration::from_secs(5),
+            kill_after: Duration::from_secs(2),
+            backoff: Duration::from_millis(100),
+            idle_timeout: None,
+        }
+    }
+}
+
+/// Where shutdown stands, once a SIGTERM or SIGINT has arrived.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Children may finish on their own until the deadline.
+    Grace { until: Instant },
+    /// Children were sent SIGTERM; SIGKILL follows at the deadline.
+    Terminate { until: Instant },
+    /// Children were sent SIGKILL; only reaping is left.
+    Kill,
+}
+
+/// A connection accepted but not served yet: the policy asked to wait, or
+/// fork failed.
+#[derive(Debug)]
+struct Held {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// The policy already said [`Verdict::Serve`] (so it owes a release).
+    admitted: bool,
+}
+
+pub(crate) struct Supervisor<W> {
+    /// Empty once shutdown has begun (closing them at once refuses new clients).
+    listeners: Vec<Listener>,
+    /// The listener served first on the next wake-up.
+    first_listener: usize,
+    signals: Signals,
+    /// Live children and the peer each one serves.
+    children: Children<SocketAddr>,
+    settings: Settings,
+    admit: Box<dyn Admit>,
+    observer: Option<Observer>,
+    child: ChildSetup,
+    work: W,
+    /// A connection accepted but not yet served.
+    held: Option<Held>,
+    /// Accepting is paused until then.
+    paused_until: Option<Instant>,
+    /// Consecutive accept failures for lack of descriptors or memory.
+    accept_trouble: Episode,
+    /// Consecutive fork failures.
+    fork_trouble: Episode,
+    /// The child limit was reached (and reported).
+    at_limit: bool,
+    shutdown: Option<Stage>,
+}
+
+impl<W: FnMut(Connection) -> i32> Supervisor<W> {
+    pub(crate) fn new(
+        listeners: Vec<Listener>,
+        signals: Signals,
+        settings: Settings,
+        admit: Box<dyn Admit>,
+        observer: Option<Observer>,
+        child: ChildSetup,
+        work: W,
+    ) -> Self {
+        Self {
+            listeners,
+            first_listener: 0,
+            signals,
+            children: Children::new(),
+            settings,
+            admit,
+            observer,
+            child,
+            work,
+            held: None,
+            paused_until: None,
+            accept_trouble: Episode::default(),
+            fork_trouble: Episode::default(),
+            at_limit: false,
+            shutdown: None,
+        }
+    }
+
+    /// Logs `event` and hands it to the observer.
+    fn report(&mut self, event: &Event<'_>) {
+        event.log();
+        if let Some(observer) = &mut self.observer {
+            observer(event);
+        }
+    }
+
+    pub(crate) fn run(&mut self) -> Result<(), ServeError> {
+        for addr in self.listeners.iter().map(Listener::local_addr).collect::<Vec<_>>() {
+            self.report(&Event::Listening { addr });
+        }
+        loop {
+            if self.shutdown.is_some() {
+                // Reap before judging deadlines, so a child that has exited
+                // is not counted as one that outlived its grace.
+                self.handle_signals()?;
+            }
+            let now = Instant::now();
+            if let Some(stage) = self.shutdown {
+                if self.children.is_empty() {
+                    self.report(&Event::Finished);
+                    return Ok(());
+                }
+                self.escalate(stage, now);
+            }
+            if self.paused_until.is_some_and(|until| now >= until) {
+                self.paused_until = None;
+                if let Some(held) = self.held.take() {
+                    self.take(held)?;
+                }
+            }
+            let accepting = self.may_accept();
+            let watched: Vec<_> =
+                self.listeners.iter().map(|l| accepting.then(|| l.as_fd())).collect();
+            let wakeup =
+                self.signals.wait(&watched, self.next_deadline(now)).map_err(ServeError::Wait)?;
+            if wakeup.signaled {
+                self.handle_signals()?;
+            }
+            // Round-robin over the listeners, so none is always served last.
+            let (count, first) = (wakeup.ready.len(), self.first_listener);
+            for index in (0..count).map(|i| (first + i) % count) {
+                if wakeup.ready[index] {
+                    self.accept_batch(index)?;
+                }
+            }
+            self.first_listener = (self.first_listener + 1) % count.max(1);
+        }
+    }
+
+    /// Whether to watch the listeners: not while paused, holding a connection,
+    /// or at the child limit (new clients then wait in the kernel's backlog
+    /// instead of being dropped).
+    fn may_accept(&mut self) -> bool {
+        if self.paused_until.is_some() || self.held.is_some() {
+            return false;
+        }
+        let full = self.children.len() >= self.settings.max_children;
+        if full != self.at_limit {
+            self.at_limit = full;
+            if self.listeners.is_empty() {
+                // Shutting down: nothing is accepted either way.
+            } else if full {
+                self.report(&Event::LimitReached { limit: self.settings.max_children });
+            } else {
+                self.report(&Event::LimitCleared { children: self.children.len() });
+            }
+        }
+        !full
+    }
+
+    /// How long until the loop must wake up without any event.
+    fn next_deadline(&self, now: Instant) -> Option<Duration> {
+        let shutdown = match self.shutdown {
+            Some(Stage::Grace { until } | Stage::Terminate { until }) => Some(until),
+            Some(Stage::Kill) | None => None,
+        };
+        [shutdown, self.paused_until]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_duration_since(now))
+    }
+
+    fn handle_signals(&mut self) -> Result<(), ServeError> {
+        let mut child_exited = false;
+        while let Some(signal) = self.signals.next().map_err(ServeError::Wait)? {
+            match signal {
+                Signal::CHLD => child_exited = true,
+                Signal::TERM | Signal::INT => self.request_shutdown(signal),
+                other => tracing::debug!(%other, "ignoring signal"),
+            }
+        }
+        if child_exited {
+            self.reap()?;
+        }
+        Ok(())
+    }
+
+    /// Reaps every child that has exited, reporting how each one ended.
+    fn reap(&mut self) -> Result<(), ServeError> {
+        while let Some(reaped) = self.children.reap().map_err(ServeError::Reap)? {
+            if let Some(peer) = reaped.info {
+                self.admit.release(peer);
+            }
+            self.report(&Event::Reaped { pid: reaped.pid, peer: reaped.info, exit: reaped.exit });
+        }
+        Ok(())
+    }
+
+    fn request_shutdown(&mut self, signal: Signal) {
+        let now = Instant::now();
+        match self.shutdown {
+            None => {
+                let (children, grace) = (self.children.len(), self.settings.grace);
+                self.report(&Event::ShutdownStarted { signal, children, grace });
+                self.listeners.clear();
+                // A connection not served yet is closed with the listeners.
+                if let Some(held) = self.held.take() {
+                    if held.admitted {
+                        self.admit.release(held.peer);
+                    }
+                    self.report(&Event::DroppedAtShutdown { peer: held.peer });
+                }
+                self.paused_until = None;
+                self.shutdown = Some(Stage::Grace { until: now + grace });
+            }
+            Some(Stage::Grace { .. }) => {
+                self.report(&Event::GraceCut { signal });
+                self.shutdown = Some(Stage::Grace { until: now });
+            }
+            Some(Stage::Terminate { .. }) => {
+                self.report(&Event::KillRequested { signal });
+                self.shutdown = Some(Stage::Terminate { until: now });
+            }
+            Some(Stage::Kill) => {}
+        }
+        if let Some(stage) = self.shutdown {
+            self.escalate(stage, now);
+        }
+    }
+
+    /// Moves shutdown on when a deadline has passed: grace, then SIGTERM to the
+    /// children, then SIGKILL.
+    fn escalate(&mut self, stage: Stage, now: Instant) {
+        if self.children.is_empty() {
+            return;
+        }
+        match stage {
+            Stage::Grace { until } if now >= until => {
+                let children = self.signal_children(Signal::TERM);
+                self.report(&Event::Terminating { children });
+                self.shutdown = Some(Stage::Terminate { until: now + self.settings.kill_after });
+            }
+            Stage::Terminate { until } if now >= until => {
+                let children = self.signal_children(Signal::KILL);
+                self.report(&Event::Killing { children });
+                self.shutdown = Some(Stage::Kill);
+            }
+            _ => {}
+        }
+    }
+
+    /// Signals every live child; a failure for one (reported) does not stop
+    /// shutdown, which still reaps everyone it can.
+    fn signal_children(&mut self, signal: Signal) -> usize {
+        match self.children.signal_all(signal) {
+            Ok(sent) => sent,
+            Err(error) => {
+                self.report(&Event::SignalFailed { error: &error });
+                0
+            }
+        }
+    }
+
+    /// Accepts what is queued on one listener, up to a batch.
+    fn accept_batch(&mut self, index: usize) -> Result<(), ServeError> {
+        for _ in 0..ACCEPT_BATCH {
+            if !self.may_accept() {
+                return Ok(());
+            }
+            let Some(listener) = self.listeners.get(index) else { return Ok(()) };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if let Some(failures) = self.accept_trouble.recovered() {
+                        self.report(&Event::AcceptResumed { failures });
+                    }
+                    self.take(Held { stream, peer, admitted: false })?;
+                }
+                Err(error) => match error.recovery() {
+                    Recovery::Retry => self.report(&Event::AcceptRetried { error: &error }),
+                    Recovery::Drained => return Ok(()),
+                    Recovery::BackOff => {
+                        let (pause, first) = (self.settings.backoff, self.accept_trouble.failed());
+                        self.report(&Event::AcceptPaused { error: &error, pause, first });
+                        self.paused_until = Some(Instant::now() + pause);
+                        return Ok(());
+                    }
+                    _ => return Err(ServeError::Accept(error)),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the policy about a connection (unless it already said yes), then
+    /// serves, refuses or holds it.
+    fn take(&mut self, mut held: Held) -> Result<(), ServeError> {
+        if !held.admitted {
+            match self.admit.admit(held.peer) {
+                Verdict::Serve => held.admitted = true,
+                Verdict::Refuse(reason) => {
+                    self.report(&Event::Refused { peer: held.peer, reason: &reason });
+                    // Dropping the stream closes the connection.
+                    return Ok(());
+                }
+                Verdict::Wait(pause) => {
+                    self.report(&Event::Deferred { peer: held.peer, pause });
+                    self.paused_until = Some(Instant::now() + pause);
+                    self.held = Some(held);
+                    return Ok(());
+                }
+            }
+        }
+        self.spawn(held)
+    }
+
+    /// Forks a child to serve `held`. If fork fails for lack of processes or
+    /// memory, the connection is kept and retried after a pause, not dropped.
+    fn spawn(&mut self, held: Held) -> Result<(), ServeError> {
+        let Held { stream, peer, admitted } = held;
+        let mut stream = Some(stream);
+        let (listeners, child, work) = (&mut self.listeners, &self.child, &mut self.work);
+        let forked = procmgr::fork_child(|| {
+            // In the child, on its own copy of memory: the listening sockets
+            // are the parent's business, so close them first; then serve.
+            listeners.clear();
+            let Some(stream) = stream.take() else { return crate::SETUP_FAILED };
+            child.run(Connection { stream, peer }, work)
+        });
+        match forked {
+            Ok(pid) => {
+                if let Some(failures) = self.fork_trouble.recovered() {
+                    self.report(&Event::ForkResumed { failures });
+                }
+                self.report(&Event::Accepted { pid, peer });
+                self.children.insert(pid, peer);
+                // `stream` is dropped here, closing the parent's copy.
+            }
+            // Out of processes or memory, or /proc unreadable for a moment: worth
+            // another try. Anything else (a thread was started, the mask cannot
+            // be set) will not get better by waiting.
+            Err(error @ (ProcError::Fork { .. } | ProcError::ThreadCount { .. })) => {
+                let (pause, first) = (self.settings.backoff, self.fork_trouble.failed());
+                self.report(&Event::ForkPaused { peer, error: &error, pause, first });
+                self.held = stream.map(|stream| Held { stream, peer, admitted });
+                self.paused_until = Some(Instant::now() + pause);
+            }
+            Err(error) => return Err(ServeError::Fork(error)),
+        }
+        Ok(())
+    }
+}
+
+/// Consecutive failures of one kind: a long episode is a warning once, then
+/// debug lines, and its end is reported once more.
+#[derive(Debug, Default)]
+struct Episode {
+    failures: u32,
+}
+
+impl Episode {
+    /// Counts a failure; true if it starts an episode.
+    fn failed(&mut self) -> bool {
+        self.failures = self.failures.saturating_add(1);
+        self.failures == 1
+    }
+
+    /// Ends an episode, if one was going on; returns how many failures it had.
+    fn recovered(&mut self) -> Option<u32> {
+        (self.failures > 0).then(|| std::mem::take(&mut self.failures))
+    }
+}
