@@ -7,6 +7,7 @@ mod echo;
 mod limits;
 mod reaping;
 mod shutdown;
+mod tidy;
 
 use integration_tests::Server;
 
