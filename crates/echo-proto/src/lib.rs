@@ -19,6 +19,7 @@
 //! # Ok::<(), echo_proto::EchoError>(())
 //! ```
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod printable;
 

@@ -2,9 +2,15 @@
 //! accepts, forks a child per connection, reaps, and shuts down in stages,
 //! generic over what a child does.
 //!
-//! Hand [`Server`] your listeners (or addresses) and a closure; the closure
-//! runs in a new child process for each connection and returns its exit code.
-//! Everything else comes with it:
+//! A whole server, RFC 867 daytime, as `examples/daytime.rs` has it:
+//!
+//! ```no_run
+#![doc = include_str!("../examples/daytime.rs")]
+//! ```
+//!
+//! Hand [`Server`] your addresses (or listeners bound elsewhere) and a
+//! closure; the closure runs in a new child process for each connection and
+//! returns its exit code. Everything else comes with it:
 //!
 //! - a child limit that leaves further clients waiting in the kernel's backlog
 //!   ([`Server::max_children`]), and back-off, not a busy loop, when
@@ -24,23 +30,11 @@
 //!   step reported as an [`Event`], logged through `tracing` with fields.
 //!
 //! The library never prints and never installs a `tracing` subscriber: set one
-//! up to see its log. It knows no protocol: what a child does with its
-//! [`Connection`] is the caller's closure.
+//! up, as the example does, to see its log. It knows no protocol: what a child
+//! does with its [`Connection`] is the caller's closure.
 //!
-//! ```no_run
-//! use std::io::Write;
-//!
-//! fn main() -> Result<(), forkserve::ServeError> {
-//!     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
-//!     let server = forkserve::Server::bind(&["127.0.0.1:0".parse().unwrap()], 128)?
-//!         .max_children(100);
-//!     // Runs in a new child process for every connection.
-//!     server.serve(|mut conn| match writeln!(conn.stream, "hello, {}", conn.peer) {
-//!         Ok(()) => 0,
-//!         Err(_) => 1,
-//!     })
-//! }
-//! ```
+//! Linux only: it reads signals from a `signalfd(2)`, checks `/proc` before
+//! each fork, and closes a child's descriptors with `close_range(2)`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -58,3 +52,15 @@ pub use event::Event;
 pub use netcore::{DEFAULT_BACKLOG, Listener, NetError};
 pub use procmgr::{ChildExit, ChildPid, ProcError, Signal};
 pub use server::Server;
+
+#[cfg(test)]
+mod tests {
+    /// The README leads with the daytime example: the same code, not a copy
+    /// that drifts.
+    #[test]
+    fn the_readme_shows_the_daytime_example_as_it_is() {
+        let readme = include_str!("../README.md");
+        let example = include_str!("../examples/daytime.rs");
+        assert!(readme.contains(example), "README.md must quote examples/daytime.rs verbatim");
+    }
+}

@@ -53,6 +53,8 @@
 //! # Ok::<(), procmgr::ProcError>(())
 //! ```
 
+#![deny(missing_docs)]
+
 mod error;
 mod fds;
 mod fork;

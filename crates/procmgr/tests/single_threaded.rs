@@ -17,7 +17,7 @@ fn main() {
         return;
     }
     type Scenario = (&'static str, fn(&Signals));
-    let scenarios: [Scenario; 12] = [
+    let scenarios: [Scenario; 13] = [
         ("checked fork, exit code through SIGCHLD", checked_fork_reports_exit_code),
         ("an exit before the parent waits is not lost", early_exit_is_not_lost),
         ("many exits, one wake-up, all reaped", coalesced_exits_are_all_reaped),
@@ -30,6 +30,7 @@ fn main() {
         ("threads are counted, and fork refuses a second one", fork_refuses_a_second_thread),
         ("an ignored SIGINT stays ignored in the child", ignored_signal_survives_the_reset),
         ("an orphan dies with its parent", orphan_dies_with_its_parent),
+        ("ignored signals are listed and restored", ignored_signals_are_listed_and_restored),
     ];
     assert_eq!(procmgr::thread_count().unwrap(), 1, "this target must stay single-threaded");
     // Before anything else: an inherited "ignore SIGCHLD" must not make exits
@@ -334,4 +335,41 @@ fn orphan_dies_with_its_parent(signals: &Signals) {
     let term = ChildExit::Signaled { signal: Signal::TERM, core_dumped: false };
     assert!(exits.contains(&(Some("middle"), ChildExit::Exited(0))), "{exits:?}");
     assert!(exits.contains(&(None, term)), "the orphan did not get SIGTERM: {exits:?}");
+}
+
+fn ignored_signals_are_listed_and_restored(signals: &Signals) {
+    let mut children = Children::new();
+    let pid = procmgr::fork_child(|| {
+        let rt = Signal::from_raw(libc::SIGRTMIN() + 3).unwrap();
+        // As a launcher would leave them: SIGTERM, SIGHUP and a real-time one ignored.
+        if procmgr::ignore(&[Signal::TERM, Signal::HUP, rt]).is_err() {
+            return 1;
+        }
+        let ignored = procmgr::ignored_signals();
+        let mut failures = 0;
+        // SIGPIPE is ignored by the Rust runtime in every program.
+        if ![Signal::TERM, Signal::HUP, Signal::PIPE, rt].iter().all(|s| ignored.contains(s)) {
+            failures |= 2;
+        }
+        if ignored.contains(&Signal::USR1) || ignored.contains(&Signal::CHLD) {
+            failures |= 4;
+        }
+        if procmgr::restore_default(&[Signal::TERM, Signal::HUP, rt]).is_err() {
+            return 8;
+        }
+        let still = procmgr::ignored_signals();
+        if still.contains(&Signal::TERM) || still.contains(&Signal::HUP) || still.contains(&rt) {
+            failures |= 16;
+        }
+        if !still.contains(&Signal::PIPE) {
+            failures |= 32; // only the named signals change
+        }
+        if !matches!(disposition(NixSignal::SIGTERM), SigHandler::SigDfl) {
+            failures |= 64;
+        }
+        failures
+    })
+    .unwrap();
+    children.insert(pid, ());
+    assert_eq!(reap_n(signals, &mut children, 1)[0].exit, ChildExit::Exited(0), "failure bits");
 }
