@@ -14,7 +14,8 @@ pub enum Verdict {
     /// [`Event::Refused`](crate::Event::Refused).
     Refuse(Cow<'static, str>),
     /// Keep it unserved and stop accepting for this long (later clients wait
-    /// in the kernel's backlog, as xinetd's `cps` does), then ask again.
+    /// in the kernel's backlog, as xinetd's `cps` does), then ask again. A
+    /// pause under 1 ms counts as 1 ms.
     Wait(Duration),
 }
 

@@ -17,6 +17,10 @@ use crate::{Admit, Connection, Event, ServeError, Verdict};
 /// shutdown requests.
 const SIGNALS: [Signal; 3] = [Signal::CHLD, Signal::TERM, Signal::INT];
 
+/// The shortest pause the loop takes (a back-off, a [`Verdict::Wait`]): a
+/// zero pause would make it spin.
+pub(crate) const MIN_PAUSE: Duration = Duration::from_millis(1);
+
 /// A fork-per-connection TCP server: listeners, settings, and the loop that
 /// accepts, forks a child per connection, reaps, and shuts down in stages.
 ///
@@ -125,10 +129,10 @@ impl Server {
 
     /// How long to stop accepting after running out of descriptors, or before
     /// retrying a fork that failed for lack of processes or memory (default
-    /// 100 ms).
+    /// 100 ms, at least 1 ms so the loop never spins).
     #[must_use]
     pub fn backoff(mut self, pause: Duration) -> Self {
-        self.settings.backoff = pause;
+        self.settings.backoff = pause.max(MIN_PAUSE);
         self
     }
 

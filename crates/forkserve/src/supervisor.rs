@@ -335,6 +335,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                     return Ok(());
                 }
                 Verdict::Wait(pause) => {
+                    let pause = pause.max(crate::server::MIN_PAUSE);
                     self.report(&Event::Deferred { peer: held.peer, pause });
                     self.paused_until = Some(Instant::now() + pause);
                     self.held = Some(held);
