@@ -233,14 +233,16 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         match self.shutdown {
             None => {
                 let (children, grace) = (self.children.len(), self.settings.grace);
-                self.report(&Event::ShutdownStarted { signal, children, grace });
+                // Each event is reported once what it says has happened.
                 self.listeners.clear();
+                self.report(&Event::ShutdownStarted { signal, children, grace });
                 // A connection not served yet is closed with the listeners.
-                if let Some(held) = self.held.take() {
-                    if held.admitted {
-                        self.admit.release(held.peer);
+                if let Some(Held { stream, peer, admitted }) = self.held.take() {
+                    drop(stream);
+                    if admitted {
+                        self.admit.release(peer);
                     }
-                    self.report(&Event::DroppedAtShutdown { peer: held.peer });
+                    self.report(&Event::DroppedAtShutdown { peer });
                 }
                 self.paused_until = None;
                 self.shutdown = Some(Stage::Grace { until: now + grace });
@@ -330,8 +332,9 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             match self.admit.admit(held.peer) {
                 Verdict::Serve => held.admitted = true,
                 Verdict::Refuse(reason) => {
-                    self.report(&Event::Refused { peer: held.peer, reason: &reason });
-                    // Dropping the stream closes the connection.
+                    let Held { stream, peer, .. } = held;
+                    drop(stream);
+                    self.report(&Event::Refused { peer, reason: &reason });
                     return Ok(());
                 }
                 Verdict::Wait(pause) => {
