@@ -1,9 +1,12 @@
-//! End-to-end tests: the real `echo-server` and `echo-client` binaries, driven
-//! as processes over 127.0.0.1 and ::1 on ephemeral ports. One module per topic.
+//! End-to-end tests: the real `echo-server` and `echo-client` binaries and the
+//! forkserve examples, driven as processes over 127.0.0.1 and ::1 on ephemeral
+//! ports, and the tidy checks of the architecture's rules. One module per topic.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod bad_input;
 mod echo;
+mod examples;
+mod hygiene;
 mod limits;
 mod reaping;
 mod shutdown;

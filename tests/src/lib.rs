@@ -1,7 +1,8 @@
 //! The end-to-end harness shared by the `it` test target and `cargo xtask e2e`:
-//! build the real binaries, start `echo-server` on an ephemeral loopback port,
-//! drive `echo-client` processes, and inspect the server's process tree in
-//! `/proc`.
+//! build the real binaries (and forkserve's examples), start `echo-server` (or
+//! any program that logs `listening on ADDR:PORT`) on an ephemeral loopback
+//! port, drive `echo-client` processes, and inspect the server's process tree
+//! in `/proc`.
 //!
 //! Every wait is bounded in time, and every process started here is stopped
 //! by pid when its handle is dropped. Functions return `Result<_, String>` so
@@ -56,13 +57,30 @@ pub fn wait_until<T>(
 /// When the build fails or the binary is not where cargo puts it.
 pub fn binary(name: &str) -> Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = BUILT.get_or_init(build).clone()?;
-    let path = dir.join(name);
+    let dir = BUILT.get_or_init(|| build(&["--package", "server", "--package", "client"]));
+    built(dir.clone()?.join(name))
+}
+
+/// The path of an example of the forkserve library (`daytime`, `uppercase`):
+/// `target/<profile>/examples/<name>`. Every example is built once per
+/// process, as [`binary`] builds the binaries.
+///
+/// # Errors
+/// When the build fails or the example is not where cargo puts it.
+pub fn example(name: &str) -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| build(&["--package", "forkserve", "--examples"]));
+    built(dir.clone()?.join("examples").join(name))
+}
+
+/// `path`, if the build left a file there.
+fn built(path: PathBuf) -> Result<PathBuf, String> {
     if path.is_file() { Ok(path) } else { Err(format!("{} was not built", path.display())) }
 }
 
-/// Builds the server and client; returns the directory they are in.
-fn build() -> Result<PathBuf, String> {
+/// Runs `cargo build ARGS…` with the profile and target directory of the
+/// running executable; returns the profile's directory (`target/<profile>`).
+fn build(args: &[&str]) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
     // A test runs from target/<profile>/deps, xtask from target/<profile>.
     let mut dir = exe.parent().ok_or("executable has no directory")?.to_path_buf();
@@ -74,14 +92,15 @@ fn build() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["build", "--quiet", "--package", "server", "--package", "client"])
+        .args(["build", "--quiet"])
+        .args(args)
         .args(["--profile", if profile == "debug" { "dev" } else { profile }])
         .arg("--target-dir")
         .arg(target_dir)
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
-        return Err(format!("cargo build failed: {status}"));
+        return Err(format!("cargo build {} failed: {status}", args.join(" ")));
     }
     Ok(dir)
 }

@@ -1,5 +1,6 @@
 //! A spawned process whose output is collected by background threads, with
-//! bounded waits and kill-by-pid on drop.
+//! bounded waits and kill-by-pid on drop; and a guard that kills, by pid, a
+//! process the harness did not spawn itself (a server's child).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -10,7 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::wait_until;
+use crate::{procfs, wait_until};
 
 /// What a finished process printed, and how it exited.
 #[derive(Debug)]
@@ -174,14 +175,24 @@ impl Running {
         self.status
     }
 
-    /// Waits for the process to exit, then for its output to be read to the end.
+    /// Waits for the process to exit, then for its output to be read to the
+    /// end, each for at most `timeout`. The output ends when the pipes close:
+    /// a descendant that outlives the process (an orphaned child of a killed
+    /// server) keeps them open, and what it writes is then still collected,
+    /// but not waited for.
     ///
     /// # Errors
     /// When it is still running after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
         let pid = self.pid();
         let status = wait_until(timeout, &format!("process {pid} to exit"), || self.try_status())?;
-        for reader in self.readers.drain(..) {
+        let _ = wait_until(timeout, &format!("the output of {pid} to end"), || {
+            self.readers.iter().all(JoinHandle::is_finished).then_some(())
+        });
+        let (finished, reading): (Vec<_>, Vec<_>) =
+            self.readers.drain(..).partition(JoinHandle::is_finished);
+        self.readers = reading;
+        for reader in finished {
             let _ = reader.join();
         }
         Ok(status)
@@ -208,5 +219,39 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.close_stdin();
         self.kill();
+    }
+}
+
+/// A process someone else started (a server's child, say), killed with
+/// SIGKILL by pid when dropped, so that a test that fails half-way leaves no
+/// process behind, even one whose parent is gone. It is left alone if it has
+/// already ended (or is a zombie), or if its pid now names another process.
+#[derive(Debug)]
+#[must_use = "the process is killed when the guard is dropped"]
+pub struct KillOnDrop {
+    pid: i32,
+    /// When it started: a later process given the same pid started later.
+    started: Option<u64>,
+}
+
+impl KillOnDrop {
+    /// Guards the running process `pid`.
+    pub fn new(pid: i32) -> Self {
+        Self { pid, started: procfs::start_time(pid) }
+    }
+
+    /// The guarded pid.
+    #[must_use]
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let alive = procfs::stat(self.pid).is_some_and(|p| !p.is_zombie());
+        if alive && self.started.is_some() && procfs::start_time(self.pid) == self.started {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The process tree as `/proc` shows it: children of a pid and their states.
+//! The process tree as `/proc` shows it: children of a pid and their states,
+//! and what a process holds: its open descriptors and its signal state.
 
 use std::fs;
 
@@ -32,6 +33,65 @@ pub fn stat(pid: i32) -> Option<Proc> {
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     Some(Proc { pid, ppid, state })
+}
+
+/// When the process started (`/proc/PID/stat` field 22, in clock ticks after
+/// boot): with the pid, it tells one process from a later one given the same
+/// pid. `None` if the process is gone.
+#[must_use]
+pub fn start_time(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    // Fields after the name start at 3 (state); starttime is field 22.
+    rest.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// The open descriptors of `pid` and what each refers to (the target of
+/// `/proc/PID/fd/N`: a path, `socket:[INODE]`, `pipe:[INODE]`,
+/// `anon_inode:[signalfd]`, …), by number. `None` if the process is gone or
+/// its descriptors cannot be read.
+#[must_use]
+pub fn fds(pid: i32) -> Option<Vec<(i32, String)>> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut fds: Vec<(i32, String)> = fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|entry| {
+            let fd = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            // A descriptor closed between the listing and this read is skipped.
+            let target = fs::read_link(format!("{dir}/{fd}")).ok()?;
+            Some((fd, target.to_string_lossy().into_owned()))
+        })
+        .collect();
+    fds.sort();
+    Some(fds)
+}
+
+/// A process's signal state, from the `SigBlk`, `SigIgn` and `SigCgt` lines of
+/// `/proc/PID/status`, as sorted lists of signal numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalState {
+    /// Blocked signals (the mask of its main thread).
+    pub blocked: Vec<i32>,
+    /// Ignored signals (`SIG_IGN`).
+    pub ignored: Vec<i32>,
+    /// Caught signals (a handler is installed).
+    pub caught: Vec<i32>,
+}
+
+/// Reads the signal state of `pid`; `None` if the process is gone.
+#[must_use]
+pub fn signal_state(pid: i32) -> Option<SignalState> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    // A hex mask in which bit N-1 stands for signal N.
+    let signals = |name| {
+        let mask = u64::from_str_radix(field(&status, name)?, 16).ok()?;
+        Some((1..=64).filter(|&signo: &i32| mask & (1 << (signo - 1)) != 0).collect())
+    };
+    Some(SignalState {
+        blocked: signals("SigBlk:")?,
+        ignored: signals("SigIgn:")?,
+        caught: signals("SigCgt:")?,
+    })
 }
 
 /// The processes whose parent is `parent`, zombies included, by pid.

@@ -1,7 +1,9 @@
-//! A real `echo-server` process on an ephemeral loopback port.
+//! A real server process on an ephemeral loopback port: `echo-server`, or any
+//! program that logs `listening on ADDR:PORT` on stderr (forkserve's examples).
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
@@ -12,7 +14,8 @@ use crate::process::{Finished, Running, run_to_end};
 use crate::procfs::{self, Proc};
 use crate::{TIMEOUT, binary, wait_until};
 
-/// A running `echo-server`, stopped (children first) when dropped.
+/// A running server (`echo-server`, or another program started with
+/// [`Server::start_program`]), stopped (children first) when dropped.
 #[derive(Debug)]
 pub struct Server {
     process: Running,
@@ -36,11 +39,29 @@ impl Server {
     /// # Errors
     /// As [`Server::start`].
     pub fn start_wrapped(wrapper: &[&str], ip: &str, args: &[&str]) -> Result<Self, String> {
-        let mut command = command(wrapper)?;
+        let mut command = command(wrapper, &binary("echo-server")?);
         command.args(["0", "--bind", ip]).args(args);
         if !args.contains(&"-q") {
             command.arg("-v");
         }
+        Self::launch(command)
+    }
+
+    /// Starts `program ARGS…`, any server that logs `listening on ADDR:PORT`
+    /// on stderr (forkserve's examples: `ARGS` = `0 127.0.0.1`), as
+    /// [`Server::start`] starts `echo-server`: in a process group of its own,
+    /// with `RUST_LOG` unset, waiting for that line to learn the port.
+    ///
+    /// # Errors
+    /// When it cannot be started, or does not report listening.
+    pub fn start_program(program: &Path, args: &[&str]) -> Result<Self, String> {
+        let mut command = command(&[], program);
+        command.args(args);
+        Self::launch(command)
+    }
+
+    /// Spawns `command` and waits for its `listening on ADDR:PORT` line.
+    fn launch(command: Command) -> Result<Self, String> {
         let mut process = Running::spawn(command)?;
         let found = wait_until(TIMEOUT, "the server's 'listening on' line", || {
             let listening = process.stderr().iter().find_map(|line| listening_addr(line));
@@ -60,7 +81,22 @@ impl Server {
     /// # Errors
     /// When it cannot start or does not finish in time.
     pub fn run(wrapper: &[&str], args: &[&str], timeout: Duration) -> Result<Finished, String> {
-        let mut command = command(wrapper)?;
+        let mut command = command(wrapper, &binary("echo-server")?);
+        command.args(args);
+        run_to_end(command, b"", timeout)
+    }
+
+    /// Runs `program ARGS…` to completion, for at most `timeout`, as
+    /// [`Server::run`] runs `echo-server`.
+    ///
+    /// # Errors
+    /// When it cannot start or does not finish in time.
+    pub fn run_program(
+        program: &Path,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Finished, String> {
+        let mut command = command(&[], program);
         command.args(args);
         run_to_end(command, b"", timeout)
     }
@@ -192,9 +228,9 @@ impl Drop for Server {
     }
 }
 
-/// A command running `echo-server` through `wrapper`, with `RUST_LOG` unset.
-fn command(wrapper: &[&str]) -> Result<Command, String> {
-    let server = binary("echo-server")?;
+/// A command running `server` through `wrapper` (its first argument after the
+/// wrapper's own), with `RUST_LOG` unset.
+fn command(wrapper: &[&str], server: &Path) -> Command {
     let mut command = match wrapper.split_first() {
         Some((program, rest)) => {
             let mut command = Command::new(program);
@@ -206,7 +242,7 @@ fn command(wrapper: &[&str]) -> Result<Command, String> {
     // Its own process group, as under a shell's job control: a signal to the
     // group reaches the server and its children, never the tests.
     command.env_remove("RUST_LOG").process_group(0);
-    Ok(command)
+    command
 }
 
 /// The address in a `listening on ADDR:PORT` log line.

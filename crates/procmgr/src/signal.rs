@@ -179,7 +179,9 @@ pub fn restore_default(signals: &[Signal]) -> Result<(), ProcError> {
 }
 
 /// The signals this process ignores (`SIG_IGN`), real-time ones included, read
-/// with `sigaction(2)`: one query per signal number. A server reads them once
+/// with `sigaction(2)`: one query per signal number. The signals the C library
+/// reserves for itself (32 and 33 under glibc) cannot be queried or changed and
+/// are left out. A server reads them once
 /// at start-up, so that each child can restore just those with
 /// [`restore_default`] instead of querying every signal again.
 #[must_use]
