@@ -42,6 +42,7 @@ mod admit;
 mod child;
 mod error;
 mod event;
+mod policy;
 mod server;
 mod supervisor;
 
@@ -50,6 +51,7 @@ pub use child::{Connection, SETUP_FAILED};
 pub use error::ServeError;
 pub use event::Event;
 pub use netcore::{DEFAULT_BACKLOG, Listener, NetError};
+pub use policy::{Cidr, CidrError, DENIED, Policy, TOO_MANY_FROM_SOURCE};
 pub use procmgr::{ChildExit, ChildPid, ProcError, Signal};
 pub use server::Server;
 
