@@ -8,6 +8,7 @@ mod echo;
 mod examples;
 mod hygiene;
 mod limits;
+mod policy;
 mod reaping;
 mod shutdown;
 mod tidy;

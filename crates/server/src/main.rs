@@ -61,6 +61,26 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 300.0, value_parser = parse_secs)]
     idle_timeout: f64,
 
+    /// Refuse, without forking, a client whose address already has N
+    /// connections (IPv6: N in its /64). Off by default.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_per_ip: Option<u32>,
+
+    /// Accept at most N new connections a second (bursts of up to N); beyond
+    /// that, clients wait in the backlog. Off by default.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_rate: Option<u32>,
+
+    /// Admit clients in this address prefix (e.g. 10.0.0.0/8 or ::1); once
+    /// one is given, clients in no --allow prefix are refused. Repeatable.
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<forkserve::Cidr>,
+
+    /// Refuse clients in this address prefix. Repeatable. The most specific
+    /// prefix containing a client decides; on a tie, deny wins.
+    #[arg(long, value_name = "CIDR")]
+    deny: Vec<forkserve::Cidr>,
+
     /// Log more: -v shows each connection's data, -vv everything.
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -112,9 +132,28 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     let server = forkserve::Server::bind(&addrs, args.backlog)?
         .max_children(usize::try_from(args.max_children)?)
         .grace(Duration::from_secs_f64(args.grace))
-        .idle_timeout(idle_timeout);
+        .idle_timeout(idle_timeout)
+        .admit(policy(args)?);
     server.serve(|conn| conn::serve(conn, idle_timeout))?;
     Ok(())
+}
+
+/// The access rules and limits decided before fork, from the arguments.
+fn policy(args: &Args) -> Result<forkserve::Policy, Box<dyn Error>> {
+    let mut policy = forkserve::Policy::new();
+    for &prefix in &args.allow {
+        policy = policy.allow(prefix);
+    }
+    for &prefix in &args.deny {
+        policy = policy.deny(prefix);
+    }
+    if let Some(limit) = args.max_per_ip {
+        policy = policy.max_per_source(usize::try_from(limit)?);
+    }
+    if let Some(rate) = args.max_rate {
+        policy = policy.max_rate(rate);
+    }
+    Ok(policy)
 }
 
 /// Sets up logging to stderr, `level` unless `RUST_LOG` says otherwise.
