@@ -67,7 +67,7 @@ fn a_child_holds_only_its_standard_streams_and_its_connection() {
 }
 
 #[test]
-fn a_child_starts_with_a_fresh_signal_state_and_dies_with_its_parent() {
+fn a_child_keeps_the_launchers_ignores_except_sigterm_and_dies_with_its_parent() {
     let mut server = server_through(&IGNORING_LAUNCHER);
     // The launcher's ignores are real: the server inherited them.
     let parent = procfs::signal_state(server.pid()).unwrap();
@@ -84,9 +84,15 @@ fn a_child_starts_with_a_fresh_signal_state_and_dies_with_its_parent() {
     // SIG_IGN when it needs them. An ignore the parent has there is inherited.
     let glibc_own = 32..nix::libc::SIGRTMIN();
     state.ignored.retain(|s| !(glibc_own.contains(s) && parent.ignored.contains(s)));
+    // Nothing blocked or caught; ignored: what the launcher ignored, as in any
+    // program it starts (nohup's SIGHUP keeps its meaning), but SIGTERM, which
+    // shutdown and the parent-death signal need; and SIGINT, SIGQUIT (the
+    // parent's to handle) and SIGPIPE (EPIPE instead).
+    let ignored =
+        [Signal::SIGHUP, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGPIPE];
     let fresh = SignalState {
         blocked: vec![],
-        ignored: [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGPIPE].map(|s| s as i32).to_vec(),
+        ignored: ignored.map(|s| s as i32).to_vec(),
         caught: vec![],
     };
     assert_eq!(state, fresh, "the child's signal state (the parent's: {parent:?})");

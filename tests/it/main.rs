@@ -11,6 +11,7 @@ mod limits;
 mod policy;
 mod reaping;
 mod shutdown;
+mod signals;
 mod tidy;
 
 use integration_tests::Server;

@@ -2,12 +2,13 @@
 //! on one [`Connection`].
 
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
-use procmgr::{ProcError, Signal};
+use procmgr::{CloseList, ProcError, Signal, Signals};
 use tracing::warn;
 
+use crate::ServeError;
 use crate::error::chain;
 
 /// Exit code of a child that could not set itself up before serving
@@ -22,20 +23,9 @@ pub struct Connection {
     pub stream: TcpStream,
     /// The client's address.
     pub peer: SocketAddr,
-}
-
-/// What every child needs to know before it serves, fixed when serving starts.
-#[derive(Debug)]
-pub(crate) struct ChildSetup {
-    /// The parent's pid, taken before any fork (for the parent-death check).
-    pub(crate) parent: u32,
-    /// Signals the parent found ignored at start-up, to be given back their
-    /// default action (SIGPIPE, SIGINT and SIGQUIT excepted).
-    pub(crate) restore: Vec<Signal>,
-    /// SO_RCVTIMEO and SO_SNDTIMEO for the connection.
-    pub(crate) idle_timeout: Option<Duration>,
-    /// Descriptors the caller asked every child to keep.
-    pub(crate) keep: Vec<OwnedFd>,
+    /// The server's address on this connection (the listener's, or for a
+    /// listener on `0.0.0.0` or `[::]`, the address the client reached).
+    pub local: SocketAddr,
 }
 
 /// Signals a child ignores: a Ctrl-C or Ctrl-\ at the terminal reaches the
@@ -43,53 +33,83 @@ pub(crate) struct ChildSetup {
 /// as in every Rust program, so a write to a vanished peer is an `EPIPE` error.
 pub(crate) const CHILD_IGNORES: [Signal; 3] = [Signal::INT, Signal::QUIT, Signal::PIPE];
 
+/// What every child needs to know before it serves, fixed when serving starts.
+#[derive(Debug)]
+pub(crate) struct ChildSetup {
+    /// The parent's pid, taken before any fork (for the parent-death check).
+    parent: u32,
+    /// The descriptors a child must not hold: leaked by the server's launcher,
+    /// and the parent's signalfd.
+    close: CloseList,
+    /// SO_RCVTIMEO and SO_SNDTIMEO for each connection.
+    idle_timeout: Option<Duration>,
+}
+
 impl ChildSetup {
-    /// Reads what children will need: to be called in the parent once, before
-    /// the first fork.
-    pub(crate) fn new(idle_timeout: Option<Duration>, keep: Vec<OwnedFd>) -> Self {
-        let restore = procmgr::ignored_signals()
-            .into_iter()
-            .filter(|signal| !CHILD_IGNORES.contains(signal))
-            .collect();
-        Self { parent: std::process::id(), restore, idle_timeout, keep }
+    /// Reads what children will need: called in the parent once, before the
+    /// first fork.
+    pub(crate) fn new(
+        signals: &Signals,
+        idle_timeout: Option<Duration>,
+    ) -> Result<Self, ServeError> {
+        let mut close = CloseList::leaked().map_err(ServeError::Descriptors)?;
+        close.add(signals.as_fd());
+        Ok(Self { parent: std::process::id(), close, idle_timeout })
     }
 
-    /// Runs in a new child: the set-up steps, then `work`, inside a
-    /// `conn{pid, peer}` span; returns the exit code.
+    /// Runs in a new child: the process's set-up, the connection's, then
+    /// `work`, inside a `conn{pid, peer}` span; returns the exit code.
     pub(crate) fn run(
         &self,
-        connection: Connection,
+        stream: TcpStream,
+        peer: SocketAddr,
+        listener: SocketAddr,
         work: &mut impl FnMut(Connection) -> i32,
     ) -> i32 {
         let pid = std::process::id();
-        let _span = tracing::info_span!("conn", pid, peer = %connection.peer).entered();
-        if let Err(err) = self.prepare(&connection.stream) {
-            warn!(error = chain(&err), "cannot set up the child");
-            return SETUP_FAILED;
+        let _span = tracing::info_span!("conn", pid, %peer).entered();
+        let prepared = self
+            .prepare_process()
+            .and_then(|()| self.prepare_connection(&stream, listener).map_err(SetupError::Socket));
+        match prepared {
+            Ok(local) => work(Connection { stream, peer, local }),
+            Err(err) => {
+                warn!(error = chain(&err), "cannot set up the child");
+                SETUP_FAILED
+            }
         }
-        work(connection)
     }
 
-    /// The set-up steps, in order; each may fail the child.
+    /// The process's set-up steps, in order; each may fail the child. (A
+    /// child that serves several connections in turn runs them once.)
     ///
-    /// 1. Descriptors: keep 0, 1, 2, the connection and the caller's kept
-    ///    ones; close everything else (the parent's listeners and signalfd, and
-    ///    whatever the server's launcher leaked).
-    /// 2. Signals: what a fresh program would have. `fork` already emptied the
-    ///    mask and reset caught signals; undo what the launcher ignored, and
-    ///    ignore [`CHILD_IGNORES`].
+    /// 1. Descriptors: close what the server's launcher leaked (descriptors
+    ///    not close-on-exec) and the parent's signalfd; the listeners are
+    ///    already dropped. Descriptors the program opened itself stay.
+    /// 2. Signals: `fork` already emptied the mask and reset caught signals;
+    ///    give SIGTERM back its default action even if the launcher ignored it
+    ///    (shutdown and the parent-death signal rely on it), and ignore
+    ///    [`CHILD_IGNORES`]. Other signals the launcher ignored stay ignored,
+    ///    as in any program it starts (`nohup`'s SIGHUP, say).
     /// 3. Lifetime: SIGTERM when the parent dies, however it dies.
-    /// 4. The connection's idle timeout.
-    fn prepare(&self, stream: &TcpStream) -> Result<(), SetupError> {
-        let mut keep: Vec<BorrowedFd<'_>> = self.keep.iter().map(AsFd::as_fd).collect();
-        keep.push(stream.as_fd());
-        procmgr::close_other_fds(&keep)?;
-        procmgr::restore_default(&self.restore)?;
+    fn prepare_process(&self) -> Result<(), SetupError> {
+        self.close.close();
+        procmgr::restore_default(&[Signal::TERM])?;
         procmgr::ignore(&CHILD_IGNORES)?;
         procmgr::die_with_parent(Signal::TERM, self.parent)?;
-        stream.set_read_timeout(self.idle_timeout).map_err(SetupError::Timeout)?;
-        stream.set_write_timeout(self.idle_timeout).map_err(SetupError::Timeout)?;
         Ok(())
+    }
+
+    /// The connection's set-up steps: the idle timeout, and the local address
+    /// (the listener's, unless it is a wildcard); returns the local address.
+    fn prepare_connection(
+        &self,
+        stream: &TcpStream,
+        listener: SocketAddr,
+    ) -> Result<SocketAddr, std::io::Error> {
+        stream.set_read_timeout(self.idle_timeout)?;
+        stream.set_write_timeout(self.idle_timeout)?;
+        if listener.ip().is_unspecified() { stream.local_addr() } else { Ok(listener) }
     }
 }
 
@@ -98,6 +118,6 @@ impl ChildSetup {
 enum SetupError {
     #[error(transparent)]
     Process(#[from] ProcError),
-    #[error("cannot set the idle timeout")]
-    Timeout(#[source] std::io::Error),
+    #[error("cannot set up the connection")]
+    Socket(#[source] std::io::Error),
 }

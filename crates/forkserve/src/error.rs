@@ -1,7 +1,7 @@
 //! `ServeError`: why a server could not start or had to stop.
 
 use netcore::NetError;
-use procmgr::ProcError;
+use procmgr::{ChildPid, ProcError};
 
 /// A failure that stops [`Server::serve`](crate::Server::serve) (or keeps a
 /// server from being built).
@@ -15,6 +15,9 @@ use procmgr::ProcError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
+    /// The server was given no listener.
+    #[error("no address to listen on")]
+    NoListeners,
     /// Binding or preparing a listener failed.
     #[error(transparent)]
     Listen(NetError),
@@ -24,6 +27,9 @@ pub enum ServeError {
     /// Blocking the server's signals or opening the signalfd failed.
     #[error(transparent)]
     Signals(ProcError),
+    /// The descriptors children must close could not be read.
+    #[error(transparent)]
+    Descriptors(ProcError),
     /// Waiting for events, or reading a signal, failed.
     #[error(transparent)]
     Wait(ProcError),
@@ -34,6 +40,12 @@ pub enum ServeError {
     /// or its signal mask cannot be set).
     #[error(transparent)]
     Fork(ProcError),
+    /// Children outlived SIGKILL at shutdown (stuck in the kernel, say).
+    #[error("{} children could not be reaped after SIGKILL", pids.len())]
+    Unreaped {
+        /// Their pids.
+        pids: Vec<ChildPid>,
+    },
 }
 
 /// An error and its causes on one line, for a log field.

@@ -9,6 +9,44 @@ use procmgr::{ChildExit, ChildPid, ProcError, Signal};
 use tracing::{debug, info, warn};
 
 use crate::error::chain;
+use crate::{SETUP_FAILED, ShutdownSummary, Stats};
+
+/// What the loop knows about an event's circumstances, for its log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LogContext {
+    /// How many events like this one went unlogged since the last line.
+    pub(crate) suppressed: u64,
+    /// Shutdown has begun (children killed by SIGTERM or SIGKILL are expected).
+    pub(crate) shutting_down: bool,
+}
+
+/// Lets one log line through per interval, and counts the others.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    interval: std::time::Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub(crate) const fn new(interval: std::time::Duration) -> Self {
+        Self { interval, last: None, suppressed: 0 }
+    }
+
+    /// `Some(suppressed since the last line)` if a line may go out at `now`.
+    pub(crate) fn pass(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.interval => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
 
 /// The caller's observer of events, set with
 /// [`Server::on_event`](crate::Server::on_event).
@@ -33,7 +71,8 @@ pub enum Event<'a> {
         /// The client's address.
         peer: SocketAddr,
     },
-    /// The admission policy refused a connection; it was closed unserved (info).
+    /// The admission policy refused a connection; it was closed unserved (info,
+    /// at most one line a second: the next line says how many went unlogged).
     Refused {
         /// The client's address.
         peer: SocketAddr,
@@ -48,7 +87,9 @@ pub enum Event<'a> {
         /// How long accepting pauses.
         pause: Duration,
     },
-    /// A child ended and was reaped (info for status 0, warn otherwise).
+    /// A child ended and was reaped (info when it exited, whatever the
+    /// status: a client can cause any of them; warn when a signal killed it
+    /// outside shutdown, or it could not set itself up or panicked).
     Reaped {
         /// Its pid.
         pid: ChildPid,
@@ -58,12 +99,14 @@ pub enum Event<'a> {
         exit: ChildExit,
     },
     /// The child limit was reached: the listeners are not watched until a
-    /// child ends, so new clients wait in the backlog (warn).
+    /// child ends, so new clients wait in the backlog (warn, at most once in
+    /// ten seconds, so a flapping limit cannot flood the log).
     LimitReached {
         /// The limit.
         limit: usize,
     },
-    /// Below the child limit again: accepting resumes (info).
+    /// Below the child limit again: accepting resumes (info, when the limit's
+    /// warning was logged).
     LimitCleared {
         /// Children alive now.
         children: usize,
@@ -147,20 +190,46 @@ pub enum Event<'a> {
         /// The failure.
         error: &'a ProcError,
     },
+    /// A signal with no job of its own in the loop (SIGHUP, SIGUSR2, SIGALRM,
+    /// a real-time signal…): logged, and otherwise ignored (info).
+    Signal {
+        /// The signal.
+        signal: Signal,
+    },
+    /// SIGUSR1: the counters, as they stand (info).
+    Stats {
+        /// The counters.
+        stats: &'a Stats,
+    },
+    /// Children still alive after SIGKILL and the wait that follows it (stuck
+    /// in the kernel, say): `serve` gives up on them and fails (warn).
+    Unreaped {
+        /// Their pids.
+        pids: &'a [ChildPid],
+    },
     /// Every child is reaped after a shutdown request; `serve` returns `Ok`
     /// (info).
-    Finished,
+    Finished {
+        /// How the shutdown went.
+        summary: ShutdownSummary,
+        /// The counters at the end.
+        stats: &'a Stats,
+    },
 }
 
 impl Event<'_> {
     /// Emits this event through `tracing`, with fields.
-    pub(crate) fn log(&self) {
+    pub(crate) fn log(&self, context: LogContext) {
+        let LogContext { suppressed, shutting_down } = context;
         match *self {
             Self::Listening { addr } => {
                 let pid = std::process::id();
                 info!(target: "forkserve::listening", pid, "listening on {addr}");
             }
             Self::Accepted { pid, peer } => info!(%pid, %peer, "accepted a connection"),
+            Self::Refused { peer, reason } if suppressed > 0 => {
+                info!(%peer, reason, suppressed, "refused a connection");
+            }
             Self::Refused { peer, reason } => info!(%peer, reason, "refused a connection"),
             Self::Deferred { peer, pause } => {
                 let pause_ms = pause.as_millis();
@@ -168,11 +237,25 @@ impl Event<'_> {
             }
             Self::Reaped { pid, peer, exit } => {
                 let peer = peer.map(tracing::field::display);
-                if exit.success() {
-                    info!(%pid, peer, "child {exit}");
-                } else {
+                // A client can make a child exit with any status (a reset is
+                // 1, say); a child that could not start or panicked, or that
+                // a signal killed, says something about the server.
+                let troubled = match exit {
+                    ChildExit::Exited(code) => {
+                        code == SETUP_FAILED || code == procmgr::InChild::PANIC_EXIT_CODE
+                    }
+                    // SIGTERM and SIGKILL are what shutdown sends.
+                    _ => !shutting_down,
+                };
+                if troubled {
                     warn!(%pid, peer, "child {exit}");
+                } else {
+                    info!(%pid, peer, "child {exit}");
                 }
+            }
+            Self::LimitReached { limit } if suppressed > 0 => {
+                let times = suppressed + 1;
+                warn!(limit, times, "child limit reached; new connections wait in the backlog");
             }
             Self::LimitReached { limit } => {
                 warn!(limit, "child limit reached; new connections wait in the backlog");
@@ -226,7 +309,19 @@ impl Event<'_> {
             Self::SignalFailed { error } => {
                 warn!(error = chain(error), "cannot signal every child");
             }
-            Self::Finished => info!("all children reaped; exiting"),
+            Self::Signal { signal } if signal == Signal::HUP => {
+                info!("received {signal}: nothing to reload; carrying on");
+            }
+            Self::Signal { signal } => info!("received {signal}: ignored; carrying on"),
+            Self::Stats { stats } => info!("counters: {stats}"),
+            Self::Unreaped { pids } => {
+                let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
+                let pids = pids.join(" ");
+                warn!(%pids, "children outlived SIGKILL; giving up on them");
+            }
+            Self::Finished { summary, stats } => {
+                info!(%stats, "all children reaped; exiting: {summary}");
+            }
         }
     }
 }

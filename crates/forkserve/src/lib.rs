@@ -44,6 +44,7 @@ mod error;
 mod event;
 mod policy;
 mod server;
+mod stats;
 mod supervisor;
 
 pub use admit::{Admit, Verdict};
@@ -54,6 +55,7 @@ pub use netcore::{DEFAULT_BACKLOG, Listener, NetError};
 pub use policy::{Cidr, CidrError, DENIED, Policy, TOO_MANY_FROM_SOURCE};
 pub use procmgr::{ChildExit, ChildPid, ProcError, Signal};
 pub use server::Server;
+pub use stats::{ShutdownSummary, Stats};
 
 #[cfg(test)]
 mod tests {

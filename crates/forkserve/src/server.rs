@@ -2,20 +2,15 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use netcore::Listener;
-use procmgr::{Signal, Signals};
+use procmgr::{ProcError, Signal, Signals};
 
 use crate::child::ChildSetup;
 use crate::event::Observer;
-use crate::supervisor::{Settings, Supervisor};
+use crate::supervisor::{Parts, Settings, Supervisor};
 use crate::{Admit, Connection, Event, ServeError, Verdict};
-
-/// The signals the server reads from its signalfd: a child's exit and the two
-/// shutdown requests.
-const SIGNALS: [Signal; 3] = [Signal::CHLD, Signal::TERM, Signal::INT];
 
 /// The shortest pause the loop takes (a back-off, a [`Verdict::Wait`]): a
 /// zero pause would make it spin.
@@ -24,18 +19,35 @@ pub(crate) const MIN_PAUSE: Duration = Duration::from_millis(1);
 /// A fork-per-connection TCP server: listeners, settings, and the loop that
 /// accepts, forks a child per connection, reaps, and shuts down in stages.
 ///
-/// Building one blocks SIGCHLD, SIGTERM and SIGINT in the calling thread (they
-/// are read from a `signalfd` by [`Server::serve`]), so a child that exits at
-/// once, or a Ctrl-C during start-up, is never lost. Build it before starting
-/// any thread, and serve from the same thread: `fork` refuses a process with
-/// more than one thread.
+/// Building one blocks, in the calling thread, SIGCHLD and every signal whose
+/// default action would end the process ([`Signal::fatal_by_default`]: SIGHUP,
+/// SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGALRM, …); [`Server::serve`] reads
+/// them from a `signalfd`, so a child that exits at once, a Ctrl-C during
+/// start-up or a stray `kill -HUP` is never lost and never kills the server
+/// without a word. What each one does:
+///
+/// | signal | effect |
+/// |---|---|
+/// | SIGCHLD | children that exited are reaped |
+/// | SIGTERM, SIGINT | graceful shutdown: listeners close, children get the grace period, then SIGTERM, then SIGKILL; a second signal cuts the wait, a third kills |
+/// | SIGQUIT | the same without the grace period: children get SIGTERM at once |
+/// | SIGUSR1 | the counters are logged ([`Event::Stats`]) |
+/// | SIGHUP and the rest | logged ([`Event::Signal`]) and otherwise ignored |
+///
+/// A signal the server's launcher set to be ignored (a shell starting a
+/// background job ignores SIGINT and SIGQUIT; `nohup` ignores SIGHUP) stays
+/// ignored, in the server and in its children; SIGTERM is the exception: it
+/// always asks for shutdown, and children always get its default action back.
+///
+/// Build it before starting any thread, and serve from the same thread: `fork`
+/// refuses a process with more than one thread, and [`Server::serve`] checks
+/// before it listens.
 pub struct Server {
     listeners: Vec<Listener>,
     signals: Signals,
     settings: Settings,
     admit: Box<dyn Admit>,
     observer: Option<Observer>,
-    keep: Vec<OwnedFd>,
 }
 
 impl fmt::Debug for Server {
@@ -43,7 +55,6 @@ impl fmt::Debug for Server {
         f.debug_struct("Server")
             .field("listeners", &self.listeners)
             .field("settings", &self.settings)
-            .field("keep", &self.keep)
             .finish_non_exhaustive()
     }
 }
@@ -55,9 +66,12 @@ impl Server {
     /// v6-only, so `0.0.0.0` and `[::]` can be bound together.
     ///
     /// # Errors
-    /// [`ServeError::Signals`], or [`ServeError::Listen`] with the address
-    /// that could not be bound.
+    /// [`ServeError::NoListeners`] for no address, [`ServeError::Signals`], or
+    /// [`ServeError::Listen`] with the address that could not be bound.
     pub fn bind(addrs: &[SocketAddr], backlog: i32) -> Result<Self, ServeError> {
+        if addrs.is_empty() {
+            return Err(ServeError::NoListeners);
+        }
         let signals = Self::signals()?;
         let mut listeners: Vec<Listener> = Vec::with_capacity(addrs.len());
         for &addr in addrs {
@@ -72,13 +86,26 @@ impl Server {
     /// (systemd's `LISTEN_FDS`, through [`Listener::from_fd`]).
     ///
     /// # Errors
-    /// [`ServeError::Signals`].
+    /// [`ServeError::NoListeners`] for an empty list, or [`ServeError::Signals`].
     pub fn new(listeners: Vec<Listener>) -> Result<Self, ServeError> {
+        if listeners.is_empty() {
+            return Err(ServeError::NoListeners);
+        }
         Ok(Self::with(listeners, Self::signals()?))
     }
 
+    /// Blocks and opens the signalfd for the signals the loop reads: SIGCHLD,
+    /// SIGTERM, and every other fatal-by-default signal the launcher did not
+    /// ignore.
     fn signals() -> Result<Signals, ServeError> {
-        let signals = Signals::new(&SIGNALS).map_err(ServeError::Signals)?;
+        let ignored = procmgr::ignored_signals();
+        let mut set = vec![Signal::CHLD, Signal::TERM];
+        set.extend(
+            Signal::fatal_by_default()
+                .into_iter()
+                .filter(|signal| *signal != Signal::TERM && !ignored.contains(signal)),
+        );
+        let signals = Signals::new(&set).map_err(ServeError::Signals)?;
         // The check before each fork reads /proc/self/stat through a
         // descriptor opened here, once, so forking never needs a free one.
         procmgr::thread_count().map_err(ServeError::Signals)?;
@@ -92,7 +119,6 @@ impl Server {
             settings: Settings::default(),
             admit: Box::new(|_| Verdict::Serve),
             observer: None,
-            keep: Vec::new(),
         }
     }
 
@@ -112,15 +138,18 @@ impl Server {
     }
 
     /// On SIGTERM or SIGINT, how long children may finish on their own before
-    /// they are sent SIGTERM (default 5 s). A second signal cuts it short.
+    /// they are sent SIGTERM (default 5 s; `Duration::MAX` waits for ever). A
+    /// second signal cuts it short.
     #[must_use]
     pub fn grace(mut self, grace: Duration) -> Self {
         self.settings.grace = grace;
         self
     }
 
-    /// After SIGTERM to the children at shutdown, how long before SIGKILL
-    /// (default 2 s). A third signal cuts it short.
+    /// After SIGTERM to the children at shutdown, how long before SIGKILL,
+    /// and after SIGKILL, how long before `serve` gives up on children that
+    /// still have not ended (default 2 s). A third signal cuts the first wait
+    /// short.
     #[must_use]
     pub fn kill_after(mut self, wait: Duration) -> Self {
         self.settings.kill_after = wait;
@@ -147,64 +176,75 @@ impl Server {
     }
 
     /// The policy that decides on each connection in the parent, before any
-    /// fork (default: serve everyone).
+    /// fork (default: serve everyone). [`Policy`](crate::Policy) is a ready-made
+    /// one.
     #[must_use]
     pub fn admit(mut self, policy: impl Admit + 'static) -> Self {
         self.admit = Box::new(policy);
         self
     }
 
-    /// Calls `observer` with every [`Event`], in the parent, after it is
-    /// logged: to count, export or react. It runs in the event loop and must
-    /// not block.
+    /// Calls `observer` with every [`Event`], in the parent, whether or not
+    /// its log line was throttled: to count, export or react. It runs in the
+    /// event loop and must not block, start a thread, or spawn processes of
+    /// its own (the loop reaps every child of the process).
     #[must_use]
     pub fn on_event(mut self, observer: impl FnMut(&Event<'_>) + 'static) -> Self {
         self.observer = Some(Box::new(observer));
         self
     }
 
-    /// A descriptor every child keeps (a log file, say). Children close every
-    /// other descriptor but their standard streams and their connection; the
-    /// server owns `fd` until it is dropped. At most 15 can be kept.
-    #[must_use]
-    pub fn keep_in_children(mut self, fd: impl Into<OwnedFd>) -> Self {
-        self.keep.push(fd.into());
-        self
-    }
-
-    /// Serves until SIGTERM or SIGINT, then shuts down in stages: the
+    /// Serves until a shutdown signal, then shuts down in stages: the
     /// listeners close at once, children get the grace period, then SIGTERM,
     /// then SIGKILL; returns `Ok` once every child is reaped.
     ///
     /// Each accepted connection the admission policy lets through is served
     /// by a new child process that runs `work` with it and exits with the code
-    /// `work` returns (a panic exits 101). Before `work` runs, the child keeps
-    /// only its standard streams and the connection, has the signal state of
-    /// a fresh program (SIGINT, SIGQUIT and SIGPIPE ignored), gets SIGTERM if
-    /// the parent dies, and has the idle timeout set; a child that cannot set
-    /// itself up exits with [`SETUP_FAILED`](crate::SETUP_FAILED).
+    /// `work` returns (a panic exits 101). Before `work` runs, the child:
+    ///
+    /// - closes the descriptors the server's launcher leaked to it (those not
+    ///   close-on-exec), the listeners and the signalfd; descriptors the
+    ///   program opened itself (a log file, a connection to a backend) stay
+    ///   open, so a `tracing` writer or a captured file keeps working;
+    /// - has an empty signal mask, caught signals back to their defaults,
+    ///   SIGTERM's default action even if the launcher ignored it, and SIGINT,
+    ///   SIGQUIT and SIGPIPE ignored;
+    /// - gets SIGTERM if the parent dies, however it dies;
+    /// - has the idle timeout set on the connection.
+    ///
+    /// A child that cannot set itself up exits with
+    /// [`SETUP_FAILED`](crate::SETUP_FAILED). The parent reaps every child of
+    /// the process with `waitpid(-1)`: do not start other child processes in
+    /// it while it serves.
     ///
     /// # Errors
-    /// A [`ServeError`] when the loop cannot go on: a listener or the
-    /// signalfd fails, reaping fails, or fork is refused for good (the process
-    /// has threads). Transient trouble (out of descriptors, processes or
-    /// memory) pauses and retries instead.
+    /// [`ServeError::Fork`] at once if the process has more than one thread;
+    /// later, a [`ServeError`] when the loop cannot go on (a listener or the
+    /// signalfd fails, reaping fails, children outlive SIGKILL). Live children
+    /// are then sent SIGTERM, then SIGKILL, and reaped before `serve`
+    /// returns. Transient trouble (out of descriptors, processes or memory)
+    /// pauses and retries instead.
     pub fn serve(self, work: impl FnMut(Connection) -> i32) -> Result<(), ServeError> {
+        // A second thread now would make every fork fail: say so before
+        // announcing that the server listens.
+        let threads = procmgr::thread_count().map_err(ServeError::Fork)?;
+        if threads != 1 {
+            return Err(ServeError::Fork(ProcError::MultiThreaded { threads }));
+        }
         for listener in &self.listeners {
             // Readiness can be stale by the time accept runs (the client may
             // have reset), and a blocking accept would stall every other duty.
             listener.set_nonblocking(true).map_err(ServeError::Listen)?;
         }
-        let child = ChildSetup::new(self.settings.idle_timeout, self.keep);
-        let mut supervisor = Supervisor::new(
-            self.listeners,
-            self.signals,
-            self.settings,
-            self.admit,
-            self.observer,
+        let child = ChildSetup::new(&self.signals, self.settings.idle_timeout)?;
+        let parts = Parts {
+            listeners: self.listeners,
+            signals: self.signals,
+            settings: self.settings,
+            admit: self.admit,
+            observer: self.observer,
             child,
-            work,
-        );
-        supervisor.run()
+        };
+        Supervisor::new(parts, work).run()
     }
 }

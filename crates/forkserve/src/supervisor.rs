@@ -10,14 +10,18 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use netcore::{Listener, Recovery};
-use procmgr::{Children, ProcError, Signal, Signals};
+use procmgr::{ChildPid, Children, ProcError, Signal, Signals};
 
 use crate::child::ChildSetup;
-use crate::event::Observer;
-use crate::{Admit, Connection, Event, ServeError, Verdict};
+use crate::event::{LogContext, Observer, Throttle};
+use crate::{Admit, Connection, Event, ServeError, ShutdownSummary, Stats, Verdict};
 
 /// Connections accepted per wake-up before signals get another look.
 const ACCEPT_BATCH: usize = 64;
+/// At most one "refused" line a second.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(1);
+/// At most one "child limit reached" warning in ten seconds.
+const LIMIT_LOGGED_EVERY: Duration = Duration::from_secs(10);
 
 /// The loop's settings.
 #[derive(Debug, Clone)]
@@ -41,15 +45,22 @@ impl Default for Settings {
     }
 }
 
-/// Where shutdown stands, once a SIGTERM or SIGINT has arrived.
+/// `now + wait`, or a moment decades away when that overflows: a huge
+/// duration means "no deadline", never a panic.
+pub(crate) fn after(now: Instant, wait: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    now.checked_add(wait).or_else(|| now.checked_add(FAR)).unwrap_or(now)
+}
+
+/// Where shutdown stands, once a shutdown signal has arrived.
 #[derive(Debug, Clone, Copy)]
 enum Stage {
     /// Children may finish on their own until the deadline.
     Grace { until: Instant },
     /// Children were sent SIGTERM; SIGKILL follows at the deadline.
     Terminate { until: Instant },
-    /// Children were sent SIGKILL; only reaping is left.
-    Kill,
+    /// Children were sent SIGKILL; past the deadline, the rest are given up.
+    Kill { until: Instant },
 }
 
 /// A connection accepted but not served yet: the policy asked to wait, or
@@ -58,8 +69,20 @@ enum Stage {
 struct Held {
     stream: TcpStream,
     peer: SocketAddr,
+    /// The listener's address.
+    listener: SocketAddr,
     /// The policy already said [`Verdict::Serve`] (so it owes a release).
     admitted: bool,
+}
+
+/// The parts of the loop a [`Server`](crate::Server) hands over.
+pub(crate) struct Parts {
+    pub(crate) listeners: Vec<Listener>,
+    pub(crate) signals: Signals,
+    pub(crate) settings: Settings,
+    pub(crate) admit: Box<dyn Admit>,
+    pub(crate) observer: Option<Observer>,
+    pub(crate) child: ChildSetup,
 }
 
 pub(crate) struct Supervisor<W> {
@@ -85,19 +108,20 @@ pub(crate) struct Supervisor<W> {
     fork_trouble: Episode,
     /// The child limit was reached (and reported).
     at_limit: bool,
+    /// The last "limit reached" was logged, so its end is logged too.
+    limit_logged: bool,
+    refusal_log: Throttle,
+    limit_log: Throttle,
+    stats: Stats,
     shutdown: Option<Stage>,
+    summary: ShutdownSummary,
+    /// Children outlived SIGKILL and were given up on.
+    gave_up: bool,
 }
 
 impl<W: FnMut(Connection) -> i32> Supervisor<W> {
-    pub(crate) fn new(
-        listeners: Vec<Listener>,
-        signals: Signals,
-        settings: Settings,
-        admit: Box<dyn Admit>,
-        observer: Option<Observer>,
-        child: ChildSetup,
-        work: W,
-    ) -> Self {
+    pub(crate) fn new(parts: Parts, work: W) -> Self {
+        let Parts { listeners, signals, settings, admit, observer, child } = parts;
         Self {
             listeners,
             first_listener: 0,
@@ -113,13 +137,29 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             accept_trouble: Episode::default(),
             fork_trouble: Episode::default(),
             at_limit: false,
+            limit_logged: false,
+            refusal_log: Throttle::new(REFUSALS_LOGGED_EVERY),
+            limit_log: Throttle::new(LIMIT_LOGGED_EVERY),
+            stats: Stats::default(),
             shutdown: None,
+            summary: ShutdownSummary::default(),
+            gave_up: false,
         }
     }
 
     /// Logs `event` and hands it to the observer.
     fn report(&mut self, event: &Event<'_>) {
-        event.log();
+        self.report_with(event, 0);
+    }
+
+    /// [`report`](Self::report), saying how many like it went unlogged.
+    fn report_with(&mut self, event: &Event<'_>, suppressed: u64) {
+        event.log(LogContext { suppressed, shutting_down: self.shutdown.is_some() });
+        self.observe(event);
+    }
+
+    /// Hands `event` to the observer without logging it.
+    fn observe(&mut self, event: &Event<'_>) {
         if let Some(observer) = &mut self.observer {
             observer(event);
         }
@@ -138,10 +178,11 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             let now = Instant::now();
             if let Some(stage) = self.shutdown {
                 if self.children.is_empty() {
-                    self.report(&Event::Finished);
+                    let (summary, stats) = (self.summary, self.stats.clone());
+                    self.report(&Event::Finished { summary, stats: &stats });
                     return Ok(());
                 }
-                self.escalate(stage, now);
+                self.escalate(stage, now)?;
             }
             if self.paused_until.is_some_and(|until| now >= until) {
                 self.paused_until = None;
@@ -181,9 +222,21 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             if self.listeners.is_empty() {
                 // Shutting down: nothing is accepted either way.
             } else if full {
-                self.report(&Event::LimitReached { limit: self.settings.max_children });
+                let event = Event::LimitReached { limit: self.settings.max_children };
+                match self.limit_log.pass(Instant::now()) {
+                    Some(suppressed) => {
+                        self.limit_logged = true;
+                        self.report_with(&event, suppressed);
+                    }
+                    None => self.observe(&event),
+                }
             } else {
-                self.report(&Event::LimitCleared { children: self.children.len() });
+                let event = Event::LimitCleared { children: self.children.len() };
+                if std::mem::take(&mut self.limit_logged) {
+                    self.report(&event);
+                } else {
+                    self.observe(&event);
+                }
             }
         }
         !full
@@ -192,8 +245,10 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     /// How long until the loop must wake up without any event.
     fn next_deadline(&self, now: Instant) -> Option<Duration> {
         let shutdown = match self.shutdown {
-            Some(Stage::Grace { until } | Stage::Terminate { until }) => Some(until),
-            Some(Stage::Kill) | None => None,
+            Some(Stage::Grace { until } | Stage::Terminate { until } | Stage::Kill { until }) => {
+                Some(until)
+            }
+            None => None,
         };
         [shutdown, self.paused_until]
             .into_iter()
@@ -202,24 +257,46 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             .map(|t| t.saturating_duration_since(now))
     }
 
+    /// Reads every pending signal; reaps first (so shutdown never signals a
+    /// child that has already exited), then acts on the others in order.
     fn handle_signals(&mut self) -> Result<(), ServeError> {
         let mut child_exited = false;
+        let mut others = Vec::new();
         while let Some(signal) = self.signals.next().map_err(ServeError::Wait)? {
             match signal {
                 Signal::CHLD => child_exited = true,
-                Signal::TERM | Signal::INT => self.request_shutdown(signal),
-                other => tracing::debug!(%other, "ignoring signal"),
+                other => others.push(other),
             }
         }
         if child_exited {
             self.reap()?;
         }
+        for signal in others {
+            match signal {
+                Signal::TERM | Signal::INT => self.request_shutdown(signal, false)?,
+                Signal::QUIT => self.request_shutdown(signal, true)?,
+                Signal::USR1 => {
+                    let stats = self.current_stats();
+                    self.report(&Event::Stats { stats: &stats });
+                }
+                other => self.report(&Event::Signal { signal: other }),
+            }
+        }
         Ok(())
+    }
+
+    /// The counters, with the live children counted now.
+    fn current_stats(&self) -> Stats {
+        Stats { active: self.children.len(), ..self.stats.clone() }
     }
 
     /// Reaps every child that has exited, reporting how each one ended.
     fn reap(&mut self) -> Result<(), ServeError> {
         while let Some(reaped) = self.children.reap().map_err(ServeError::Reap)? {
+            self.stats.count_exit(reaped.exit);
+            if self.shutdown.is_some() {
+                self.summary.count(reaped.exit);
+            }
             if let Some(peer) = reaped.info {
                 self.admit.release(peer);
             }
@@ -228,16 +305,22 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         Ok(())
     }
 
-    fn request_shutdown(&mut self, signal: Signal) {
+    /// A shutdown signal: the first starts shutdown (`fast` skips the grace
+    /// period), a later one moves it on a stage.
+    fn request_shutdown(&mut self, signal: Signal, fast: bool) -> Result<(), ServeError> {
         let now = Instant::now();
         match self.shutdown {
             None => {
-                let (children, grace) = (self.children.len(), self.settings.grace);
+                let children = self.children.len();
+                let grace = if fast { Duration::ZERO } else { self.settings.grace };
+                self.summary.running = children;
+                self.summary.served = self.stats.accepted;
                 // Each event is reported once what it says has happened.
                 self.listeners.clear();
+                self.shutdown = Some(Stage::Grace { until: after(now, grace) });
                 self.report(&Event::ShutdownStarted { signal, children, grace });
                 // A connection not served yet is closed with the listeners.
-                if let Some(Held { stream, peer, admitted }) = self.held.take() {
+                if let Some(Held { stream, peer, admitted, .. }) = self.held.take() {
                     drop(stream);
                     if admitted {
                         self.admit.release(peer);
@@ -245,7 +328,6 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                     self.report(&Event::DroppedAtShutdown { peer });
                 }
                 self.paused_until = None;
-                self.shutdown = Some(Stage::Grace { until: now + grace });
             }
             Some(Stage::Grace { .. }) => {
                 self.report(&Event::GraceCut { signal });
@@ -255,32 +337,42 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 self.report(&Event::KillRequested { signal });
                 self.shutdown = Some(Stage::Terminate { until: now });
             }
-            Some(Stage::Kill) => {}
+            Some(Stage::Kill { .. }) => {}
         }
-        if let Some(stage) = self.shutdown {
-            self.escalate(stage, now);
+        match self.shutdown {
+            Some(stage) => self.escalate(stage, now),
+            None => Ok(()),
         }
     }
 
     /// Moves shutdown on when a deadline has passed: grace, then SIGTERM to the
-    /// children, then SIGKILL.
-    fn escalate(&mut self, stage: Stage, now: Instant) {
+    /// children, then SIGKILL, then giving up on what SIGKILL did not end.
+    fn escalate(&mut self, stage: Stage, now: Instant) -> Result<(), ServeError> {
         if self.children.is_empty() {
-            return;
+            return Ok(());
         }
+        let kill_after = self.settings.kill_after;
         match stage {
             Stage::Grace { until } if now >= until => {
                 let children = self.signal_children(Signal::TERM);
                 self.report(&Event::Terminating { children });
-                self.shutdown = Some(Stage::Terminate { until: now + self.settings.kill_after });
+                self.shutdown = Some(Stage::Terminate { until: after(now, kill_after) });
             }
             Stage::Terminate { until } if now >= until => {
                 let children = self.signal_children(Signal::KILL);
                 self.report(&Event::Killing { children });
-                self.shutdown = Some(Stage::Kill);
+                self.shutdown = Some(Stage::Kill { until: after(now, kill_after) });
+            }
+            Stage::Kill { until } if now >= until => {
+                let mut pids: Vec<ChildPid> = self.children.pids().collect();
+                pids.sort_unstable();
+                self.report(&Event::Unreaped { pids: &pids });
+                self.gave_up = true;
+                return Err(ServeError::Unreaped { pids });
             }
             _ => {}
         }
+        Ok(())
     }
 
     /// Signals every live child; a failure for one (reported) does not stop
@@ -302,23 +394,31 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 return Ok(());
             }
             let Some(listener) = self.listeners.get(index) else { return Ok(()) };
+            let local = listener.local_addr();
             match listener.accept() {
                 Ok((stream, peer)) => {
                     if let Some(failures) = self.accept_trouble.recovered() {
                         self.report(&Event::AcceptResumed { failures });
                     }
-                    self.take(Held { stream, peer, admitted: false })?;
+                    self.take(Held { stream, peer, listener: local, admitted: false })?;
                 }
                 Err(error) => match error.recovery() {
-                    Recovery::Retry => self.report(&Event::AcceptRetried { error: &error }),
                     Recovery::Drained => return Ok(()),
+                    Recovery::Retry => {
+                        self.stats.accept_errors += 1;
+                        self.report(&Event::AcceptRetried { error: &error });
+                    }
                     Recovery::BackOff => {
+                        self.stats.accept_errors += 1;
                         let (pause, first) = (self.settings.backoff, self.accept_trouble.failed());
                         self.report(&Event::AcceptPaused { error: &error, pause, first });
-                        self.paused_until = Some(Instant::now() + pause);
+                        self.paused_until = Some(after(Instant::now(), pause));
                         return Ok(());
                     }
-                    _ => return Err(ServeError::Accept(error)),
+                    _ => {
+                        self.stats.accept_errors += 1;
+                        return Err(ServeError::Accept(error));
+                    }
                 },
             }
         }
@@ -334,13 +434,19 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 Verdict::Refuse(reason) => {
                     let Held { stream, peer, .. } = held;
                     drop(stream);
-                    self.report(&Event::Refused { peer, reason: &reason });
+                    self.stats.count_refusal(&reason);
+                    let event = Event::Refused { peer, reason: &reason };
+                    match self.refusal_log.pass(Instant::now()) {
+                        Some(suppressed) => self.report_with(&event, suppressed),
+                        None => self.observe(&event),
+                    }
                     return Ok(());
                 }
                 Verdict::Wait(pause) => {
                     let pause = pause.max(crate::server::MIN_PAUSE);
+                    self.stats.deferred += 1;
                     self.report(&Event::Deferred { peer: held.peer, pause });
-                    self.paused_until = Some(Instant::now() + pause);
+                    self.paused_until = Some(after(Instant::now(), pause));
                     self.held = Some(held);
                     return Ok(());
                 }
@@ -352,7 +458,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     /// Forks a child to serve `held`. If fork fails for lack of processes or
     /// memory, the connection is kept and retried after a pause, not dropped.
     fn spawn(&mut self, held: Held) -> Result<(), ServeError> {
-        let Held { stream, peer, admitted } = held;
+        let Held { stream, peer, listener, admitted } = held;
         let mut stream = Some(stream);
         let (listeners, child, work) = (&mut self.listeners, &self.child, &mut self.work);
         let forked = procmgr::fork_child(|| {
@@ -360,29 +466,71 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             // are the parent's business, so close them first; then serve.
             listeners.clear();
             let Some(stream) = stream.take() else { return crate::SETUP_FAILED };
-            child.run(Connection { stream, peer }, work)
+            child.run(stream, peer, listener, work)
         });
         match forked {
             Ok(pid) => {
                 if let Some(failures) = self.fork_trouble.recovered() {
                     self.report(&Event::ForkResumed { failures });
                 }
-                self.report(&Event::Accepted { pid, peer });
+                self.stats.accepted += 1;
                 self.children.insert(pid, peer);
+                self.report(&Event::Accepted { pid, peer });
                 // `stream` is dropped here, closing the parent's copy.
             }
             // Out of processes or memory, or /proc unreadable for a moment: worth
             // another try. Anything else (a thread was started, the mask cannot
             // be set) will not get better by waiting.
             Err(error @ (ProcError::Fork { .. } | ProcError::ThreadCount { .. })) => {
+                self.stats.fork_failures += 1;
                 let (pause, first) = (self.settings.backoff, self.fork_trouble.failed());
                 self.report(&Event::ForkPaused { peer, error: &error, pause, first });
-                self.held = stream.map(|stream| Held { stream, peer, admitted });
-                self.paused_until = Some(Instant::now() + pause);
+                self.held = stream.map(|stream| Held { stream, peer, listener, admitted });
+                self.paused_until = Some(after(Instant::now(), pause));
             }
-            Err(error) => return Err(ServeError::Fork(error)),
+            Err(error) => {
+                if admitted {
+                    self.admit.release(peer);
+                }
+                return Err(ServeError::Fork(error));
+            }
         }
         Ok(())
+    }
+}
+
+impl<W> Drop for Supervisor<W> {
+    /// The loop ended early (an error, or a panic in the policy or the
+    /// observer): stop the children rather than leave them orphaned or as
+    /// zombies: SIGTERM, up to `kill_after` to exit, then SIGKILL, and as long
+    /// again to reap them. A clean shutdown leaves no child, and does nothing
+    /// here.
+    fn drop(&mut self) {
+        if self.children.is_empty() || self.gave_up {
+            return;
+        }
+        tracing::warn!(
+            children = self.children.len(),
+            "the server loop ended early; stopping its children"
+        );
+        for signal in [Signal::TERM, Signal::KILL] {
+            let _ = self.children.signal_all(signal);
+            let deadline = after(Instant::now(), self.settings.kill_after);
+            while !self.children.is_empty() && Instant::now() < deadline {
+                match self.children.reap() {
+                    Ok(Some(reaped)) => {
+                        tracing::info!(pid = %reaped.pid, "child {}", reaped.exit);
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(_) => break,
+                }
+            }
+            if self.children.is_empty() {
+                return;
+            }
+        }
+        let left: Vec<String> = self.children.pids().map(|pid| pid.to_string()).collect();
+        tracing::warn!(pids = %left.join(" "), "children outlived SIGKILL; giving up on them");
     }
 }
 

@@ -44,7 +44,7 @@ fn main() {
         return;
     }
     type Scenario = (&'static str, fn());
-    let scenarios: [Scenario; 10] = [
+    let scenarios: [Scenario; 12] = [
         ("one connection: listening, accepted, reaped, shutdown, finished", one_connection),
         ("a refused connection is closed unserved; release frees the slot", refuse_and_release),
         ("a deferred connection is held, asked again, then served", deferred_then_served),
@@ -55,6 +55,8 @@ fn main() {
         ("a child that outlives SIGTERM gets SIGKILL", kill_after_terminate),
         ("a third signal kills at once; the listener is closed", third_signal_kills),
         ("a panicking child exits 101 and serving goes on", panicking_work),
+        ("HUP, USR1 and USR2 are reported, not fatal", other_signals_are_reported),
+        ("a descriptor the program opened stays open in children", own_descriptor_is_kept),
     ];
     assert_eq!(procmgr::thread_count().unwrap(), 1, "this target must stay single-threaded");
     for (name, scenario) in scenarios {
@@ -82,6 +84,69 @@ fn one_connection() {
     server.expect(Ev::Reaped { pid, peer: Some(peer), exit: ChildExit::Exited(7) });
     server.signal(Signal::TERM);
     server.expect(Ev::ShutdownStarted { signal: Signal::TERM, children: 0, grace });
+    server.expect(Ev::Finished);
+    server.finish();
+}
+
+/// Signals an operator or a tool sends (logrotate's HUP, a counters request)
+/// are events, and the server keeps serving through them.
+fn other_signals_are_reported() {
+    let mut server = Running::start(|s| s, |mut conn| echo(&mut conn.stream, 0));
+    let mut client = connect(server.addr);
+    let peer = client.local_addr().unwrap();
+    let pid = server.expect_accepted(peer);
+    server.signal(Signal::HUP);
+    server.expect(Ev::Signal(Signal::HUP));
+    server.signal(Signal::USR1);
+    server.expect(Ev::Stats { accepted: 1, active: 1 });
+    server.signal(Signal::USR2);
+    server.expect(Ev::Signal(Signal::USR2));
+    // The connection was never disturbed.
+    client.write_all(b"still here").unwrap();
+    let mut buf = [0; 10];
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+    drop(client);
+    server.expect(Ev::Reaped { pid, peer: Some(peer), exit: ChildExit::Exited(0) });
+    server.signal(Signal::TERM);
+    server.expect(Ev::ShutdownStarted { signal: Signal::TERM, children: 0, grace: GRACE });
+    server.expect(Ev::Finished);
+    server.finish();
+}
+
+/// The server's default grace period.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// A descriptor the program opened itself (close-on-exec, as Rust opens them
+/// all) is not closed in children: the work can use what it captured, and the
+/// connection's local address is the listener's.
+fn own_descriptor_is_kept() {
+    let (mut mine, theirs) = UnixStream::pair().unwrap();
+    mine.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut server = Running::start(
+        |s| s,
+        move |conn| {
+            let line = format!("child saw {} -> {}\n", conn.peer, conn.local);
+            match (&theirs).write_all(line.as_bytes()) {
+                Ok(()) => 0,
+                Err(_) => 9,
+            }
+        },
+    );
+    let client = connect(server.addr);
+    let peer = client.local_addr().unwrap();
+    let pid = server.expect_accepted(peer);
+    server.expect(Ev::Reaped { pid, peer: Some(peer), exit: ChildExit::Exited(0) });
+    let mut line = Vec::new();
+    let mut byte = [0; 1];
+    while line.last() != Some(&b'\n') {
+        assert_eq!(mine.read(&mut byte).unwrap(), 1, "the child's line ended early: {line:?}");
+        line.push(byte[0]);
+    }
+    let expected = format!("child saw {peer} -> {}\n", server.addr);
+    assert_eq!(String::from_utf8(line).unwrap(), expected);
+    server.signal(Signal::TERM);
+    server.expect(Ev::ShutdownStarted { signal: Signal::TERM, children: 0, grace: GRACE });
     server.expect(Ev::Finished);
     server.finish();
 }
@@ -689,6 +754,13 @@ enum Ev {
     Terminating(usize),
     Killing(usize),
     Finished,
+    /// A signal with no job of its own.
+    Signal(Signal),
+    /// The counters: accepted and active.
+    Stats {
+        accepted: u64,
+        active: usize,
+    },
     /// Any other event (none is expected here), as its `Debug` text.
     Other(String),
 }
@@ -711,7 +783,11 @@ impl Ev {
             Event::KillRequested { signal } => Self::KillRequested(signal),
             Event::Terminating { children } => Self::Terminating(children),
             Event::Killing { children } => Self::Killing(children),
-            Event::Finished => Self::Finished,
+            Event::Finished { .. } => Self::Finished,
+            Event::Signal { signal } => Self::Signal(signal),
+            Event::Stats { stats } => {
+                Self::Stats { accepted: stats.accepted, active: stats.active }
+            }
             ref other => Self::Other(format!("{other:?}").replace('\n', " ")),
         }
     }
@@ -745,6 +821,8 @@ impl Ev {
             Self::Terminating(children) => format!("terminating {children}"),
             Self::Killing(children) => format!("killing {children}"),
             Self::Finished => "finished".to_owned(),
+            Self::Signal(signal) => format!("signal {}", signal.as_raw()),
+            Self::Stats { accepted, active } => format!("stats {accepted} {active}"),
             Self::Other(text) => format!("other {text}"),
         }
     }
@@ -789,6 +867,8 @@ impl Ev {
             "terminating" => Self::Terminating(w.next()),
             "killing" => Self::Killing(w.next()),
             "finished" => Self::Finished,
+            "signal" => Self::Signal(w.signal()),
+            "stats" => Self::Stats { accepted: w.next(), active: w.next() },
             "other" => return Self::Other(rest.to_owned()),
             _ => panic!("unknown event line {line:?}"),
         };

@@ -68,7 +68,10 @@ fn close_range(first: u32, last: u32) -> Result<(), ProcError> {
         return Ok(());
     }
     let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ENOSYS) {
+    // ENOSYS: a kernel before 5.9; EPERM: a seccomp filter that refuses the
+    // call it does not know (older container profiles, systemd's
+    // SystemCallErrorNumber=EPERM).
+    if matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
         close_each(first, last);
         return Ok(());
     }
@@ -91,5 +94,99 @@ pub(crate) fn close_each(first: u32, last: u32) {
         // SAFETY: closing a number this process may or may not use; the caller
         // wants every one in the range closed, and EBADF is harmless.
         unsafe { libc::close(fd) };
+    }
+}
+
+/// Descriptors for a new child to close, chosen in the parent before any fork:
+/// those the program that started this process leaked to it, and those the
+/// caller adds (its signalfd, say). The child closes them with
+/// [`CloseList::close`] and keeps everything else, so descriptors the program
+/// opened itself (a log file, a connection to a backend) stay usable there.
+#[derive(Debug, Clone, Default)]
+pub struct CloseList {
+    fds: Vec<RawFd>,
+}
+
+impl CloseList {
+    /// An empty list.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every descriptor above 2 that is not close-on-exec, from
+    /// `/proc/self/fd`. Rust's standard library, and every crate of this
+    /// workspace, open descriptors close-on-exec, so these are the ones a
+    /// launcher leaked across `execve(2)` (or that the program deliberately
+    /// made inheritable: [`CloseList::remove`] keeps one).
+    ///
+    /// # Errors
+    /// [`ProcError::CloseFds`] if `/proc/self/fd` cannot be read.
+    pub fn leaked() -> Result<Self, ProcError> {
+        let failed = |source| ProcError::CloseFds { source };
+        let numbers: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+            .map_err(failed)?
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd: &RawFd| fd > 2)
+            .collect();
+        // The directory's own descriptor is closed by now: F_GETFD fails on it.
+        let fds = numbers
+            .into_iter()
+            .filter(|&fd| {
+                // SAFETY: F_GETFD only reads the flags of a descriptor number;
+                // any number is allowed.
+                let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+                flags != -1 && flags & libc::FD_CLOEXEC == 0
+            })
+            .collect();
+        Ok(Self { fds })
+    }
+
+    /// Adds a descriptor of the parent's that a child must not hold.
+    pub fn add(&mut self, fd: BorrowedFd<'_>) {
+        let fd = fd.as_raw_fd();
+        if !self.fds.contains(&fd) {
+            self.fds.push(fd);
+        }
+    }
+
+    /// Keeps `fd` open in children after all.
+    pub fn remove(&mut self, fd: BorrowedFd<'_>) {
+        let fd = fd.as_raw_fd();
+        self.fds.retain(|&listed| listed != fd);
+    }
+
+    /// Whether `fd` is on the list.
+    #[must_use]
+    pub fn contains(&self, fd: BorrowedFd<'_>) -> bool {
+        self.fds.contains(&fd.as_raw_fd())
+    }
+
+    /// How many descriptors are on the list.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// The list is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+
+    /// In a new child: closes every descriptor on the list, and procmgr's own
+    /// cached `/proc/self/stat` descriptor (reopened if the child forks in
+    /// turn). Errors (a number no longer open) are ignored. Async-signal-safe.
+    ///
+    /// The parent's objects that own a listed descriptor (a `Signals`) must
+    /// never be used or dropped in the child afterwards: the number may be
+    /// reused.
+    pub fn close(&self) {
+        crate::fork::drop_cached_stat();
+        for &fd in &self.fds {
+            // SAFETY: closing a number the parent listed for children to drop;
+            // the caller promises not to use its owner in the child again.
+            unsafe { libc::close(fd) };
+        }
     }
 }

@@ -164,6 +164,15 @@ pub(crate) fn forget_cached_stat() {
     }
 }
 
+/// Closes the cached `/proc/self/stat` descriptor, for
+/// [`CloseList::close`](crate::CloseList::close) in a new child; the next
+/// [`thread_count`] opens it again. Never waits for the lock, as above.
+pub(crate) fn drop_cached_stat() {
+    if let Ok(mut cached) = STAT.try_lock() {
+        drop(cached.take());
+    }
+}
+
 /// How many threads this process has, from `/proc/self/stat`.
 ///
 /// The file is opened on the first call (close-on-exec) and kept; later calls

@@ -62,7 +62,7 @@ mod reap;
 mod signal;
 
 pub use error::ProcError;
-pub use fds::close_other_fds;
+pub use fds::{CloseList, close_other_fds};
 pub use fork::{
     Fork, InChild, die_with_parent, fork, fork_child, fork_child_unchecked, fork_unchecked,
     thread_count,

@@ -45,6 +45,34 @@ impl Signal {
     /// `SIGCHLD`: a child stopped, continued or exited.
     pub const CHLD: Self = Self(libc::SIGCHLD);
 
+    /// The signals whose default action ends the process and that come from
+    /// outside rather than from a fault of the program's own: SIGHUP, SIGINT,
+    /// SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGTERM, SIGSTKFLT, SIGVTALRM,
+    /// SIGPROF, SIGIO, SIGPWR, SIGXCPU, SIGXFSZ, and every real-time signal
+    /// (SIGRTMIN to SIGRTMAX). SIGPIPE is left out: Rust programs ignore it
+    /// and see `EPIPE` instead. A long-running server blocks these and reads
+    /// them from a [`Signals`], so that none ends it without a word.
+    #[must_use]
+    pub fn fatal_by_default() -> Vec<Self> {
+        let named = [
+            libc::SIGHUP,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGALRM,
+            libc::SIGTERM,
+            libc::SIGSTKFLT,
+            libc::SIGVTALRM,
+            libc::SIGPROF,
+            libc::SIGIO,
+            libc::SIGPWR,
+            libc::SIGXCPU,
+            libc::SIGXFSZ,
+        ];
+        named.into_iter().chain(libc::SIGRTMIN()..=libc::SIGRTMAX()).map(Self).collect()
+    }
+
     /// The signal with this number, if the kernel can deliver it (1 to 64 on Linux).
     #[must_use]
     pub fn from_raw(signo: i32) -> Option<Self> {

@@ -301,3 +301,47 @@ fn the_close_fallback_closes_every_number_up_to_the_limit() {
         true
     });
 }
+
+#[test]
+fn the_close_list_finds_inheritable_descriptors_and_closes_only_its_own() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let _guard = lock();
+    let (kept, _peer) = UnixStream::pair().unwrap();
+    // dup(2) makes a descriptor without close-on-exec, as a launcher leaks one.
+    // SAFETY: dup of a descriptor we own; the new one is owned below.
+    let raw = unsafe { libc::dup(kept.as_raw_fd()) };
+    assert!(raw > 2);
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    let leaked = unsafe { OwnedFd::from_raw_fd(raw) };
+    let (added, _other) = UnixStream::pair().unwrap();
+    let mut list = crate::CloseList::leaked().unwrap();
+    assert!(list.contains(leaked.as_fd()), "a descriptor without FD_CLOEXEC is listed");
+    assert!(!list.contains(kept.as_fd()), "a close-on-exec descriptor is not");
+    list.add(added.as_fd());
+    let (kept_fd, leaked_fd, added_fd) = (kept.as_raw_fd(), raw, added.as_raw_fd());
+    let child = move || {
+        list.close();
+        let mut failures = 0;
+        if !is_open(kept_fd) {
+            failures |= 1;
+        }
+        if is_open(leaked_fd) || is_open(added_fd) {
+            failures |= 2;
+        }
+        if !(0..=2).all(is_open) {
+            failures |= 4;
+        }
+        // Leaking the list's memory is fine: the child ends here.
+        std::mem::forget(list);
+        failures
+    };
+    // SAFETY: the child only calls close/fcntl and a try_lock, compares
+    // integers and forgets the list instead of freeing it: no allocation, no
+    // waiting for a lock.
+    let pid = unsafe { crate::fork_child_unchecked(child) }.unwrap();
+    let mut children = Children::new();
+    children.insert(pid, ());
+    assert_eq!(reap_until(&mut children, pid).exit, ChildExit::Exited(0));
+    // The parent's descriptors are untouched.
+    assert!(is_open(leaked_fd) && is_open(added_fd));
+}

@@ -39,10 +39,11 @@ pub(crate) fn serve(conn: Connection, idle_timeout: Option<Duration>) -> i32 {
             // SO_RCVTIMEO and SO_SNDTIMEO expire as EAGAIN.
             if err.io_error().is_some_and(|e| e.kind() == ErrorKind::WouldBlock) {
                 let secs = idle_timeout.unwrap_or_default().as_secs_f64();
-                warn!(received, sent, "peer idle for {secs} s; closing the connection");
+                // A client can cause this at will: not a warning.
+                info!(received, sent, "peer idle for {secs} s; closing the connection");
                 return IDLE;
             }
-            warn!(received, sent, "connection failed: {}", crate::chain(&err));
+            info!(received, sent, "connection failed: {}", crate::chain(&err));
             IO_ERROR
         }
     }
