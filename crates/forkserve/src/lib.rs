@@ -23,10 +23,15 @@
 //! - shutdown on SIGTERM or SIGINT: the listeners close, children get a grace
 //!   period ([`Server::grace`]), then SIGTERM, then SIGKILL; a second signal
 //!   cuts the wait, a third kills; `serve` returns `Ok` once all are reaped;
-//! - clean children: only the standard streams and the connection stay open,
-//!   the signal state is a fresh program's, Ctrl-C at the terminal reaches the
-//!   parent alone, and a child gets SIGTERM if the parent dies;
-//! - a decision on each connection before any fork ([`Admit`]), and every
+//! - clean children: the listeners, the signalfd and what the launcher leaked
+//!   are closed (what the program opened itself stays usable), nothing is
+//!   blocked or caught, SIGTERM always works, Ctrl-C at the terminal reaches
+//!   the parent alone, and a child gets SIGTERM if the parent dies;
+//! - every signal that would kill a process handled: SIGQUIT shuts down at
+//!   once, SIGUSR1 logs the counters ([`Stats`]), SIGHUP and the rest are
+//!   logged, and a signal the launcher ignored stays ignored;
+//! - a decision on each connection before any fork ([`Admit`]; [`Policy`]
+//!   does access rules, a limit per address and a rate), and every
 //!   step reported as an [`Event`], logged through `tracing` with fields.
 //!
 //! The library never prints and never installs a `tracing` subscriber: set one
