@@ -8,6 +8,7 @@ mod echo;
 mod examples;
 mod hygiene;
 mod limits;
+mod logging;
 mod policy;
 mod reaping;
 mod shutdown;

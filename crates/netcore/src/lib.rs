@@ -93,5 +93,17 @@ pub fn connect_addr(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpSt
     Ok(socket.into())
 }
 
+/// `send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL` on any connected socket
+/// descriptor (a journald stream on standard error, say): writes what fits
+/// now and never blocks, even on a blocking socket, and without changing the
+/// flags the descriptor shares with other processes.
+///
+/// # Errors
+/// [`std::io::ErrorKind::WouldBlock`] when nothing fits now; any other
+/// `send(2)` error (`ENOTSOCK` for a descriptor that is not a socket).
+pub fn send_dontwait(fd: std::os::fd::BorrowedFd<'_>, bytes: &[u8]) -> std::io::Result<usize> {
+    socket2::SockRef::from(&fd).send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
+
 #[cfg(test)]
 mod tests;

@@ -197,3 +197,23 @@ fn refuses_to_adopt_what_is_not_a_listener() {
     let err = Listener::from_fd(OwnedFd::from(file)).unwrap_err();
     assert!(matches!(err, NetError::Inherit { .. }), "{err:?}");
 }
+
+#[test]
+fn send_dontwait_fills_a_socket_then_says_would_block_instead_of_waiting() {
+    use std::os::fd::AsFd;
+    let (writer, _reader) = std::os::unix::net::UnixStream::pair().unwrap();
+    // The socket itself stays blocking: only this call does not wait.
+    let chunk = [7_u8; 4096];
+    let mut sent = 0_usize;
+    let err = loop {
+        match crate::send_dontwait(writer.as_fd(), &chunk) {
+            Ok(n) => sent += n,
+            Err(err) => break err,
+        }
+        assert!(sent < 64 << 20, "64 MiB went into a socket nobody reads");
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err:?}");
+    assert!(sent > 0);
+    let not_a_socket = std::fs::File::open("/dev/null").unwrap();
+    assert!(crate::send_dontwait(not_a_socket.as_fd(), b"x").is_err());
+}

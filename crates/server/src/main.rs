@@ -8,15 +8,14 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod conn;
+mod log;
 
 use std::error::Error;
-use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// The port used when none is given: unprivileged, so no root is needed.
 const DEFAULT_PORT: u16 = 7000;
@@ -106,9 +105,10 @@ fn parse_secs(text: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(match (args.quiet, args.verbose) {
-        // Even when quiet, say where we listen: with port 0 nothing else tells.
-        (true, _) => "warn,forkserve::listening=info",
+    // Whatever the level, the `listening on` line is written: with port 0
+    // nothing else tells where the server listens.
+    log::init(match (args.quiet, args.verbose) {
+        (true, _) => "warn",
         (false, 0) => "info",
         (false, 1) => "debug",
         (false, _) => "trace",
@@ -154,19 +154,6 @@ fn policy(args: &Args) -> Result<forkserve::Policy, Box<dyn Error>> {
         policy = policy.max_rate(rate);
     }
     Ok(policy)
-}
-
-/// Sets up logging to stderr, `level` unless `RUST_LOG` says otherwise.
-///
-/// The subscriber writes each event synchronously from the calling thread:
-/// a writer thread would make the process multi-threaded, and fork refuses that.
-fn init_tracing(level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 /// An error and its causes on one line:

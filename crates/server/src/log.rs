@@ -1,0 +1,168 @@
+//! Logging set-up: the filter (with the `listening on` line always kept), and
+//! a standard-error writer that never blocks.
+//!
+//! A log reader that stalls (a full pipe nobody drains, a terminal paused with
+//! Ctrl-S) must never stop the server from accepting, reaping or shutting
+//! down. So each log line is written in one non-blocking write; a line that
+//! does not fit now is dropped and counted, and once lines fit again a line
+//! says how many were lost. No thread does the writing: the process must stay
+//! single-threaded to fork.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IsTerminal, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// The target of the `listening on ADDR:PORT` line, which every filter keeps:
+/// with port 0 nothing else tells where the server listens.
+const LISTENING: &str = "forkserve::listening=info";
+
+/// The longest line written whole: `PIPE_BUF`, so a write to a pipe either
+/// fits entirely or not at all, never half a line.
+const MAX_LINE: usize = 4096;
+
+/// Sets up logging to standard error at `level`, unless `RUST_LOG` names a
+/// valid filter; an invalid one gets a warning and `level`. The `listening
+/// on` line is written whatever the filter says.
+pub(crate) fn init(level: &str) {
+    let (filter, invalid) = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.trim().is_empty() => match EnvFilter::builder().parse(&value) {
+            Ok(filter) => (filter, None),
+            Err(err) => (EnvFilter::new(level), Some((value, err))),
+        },
+        _ => (EnvFilter::new(level), None),
+    };
+    let filter = match LISTENING.parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(Stderr::open())
+        .with_ansi(io::stderr().is_terminal())
+        .init();
+    if let Some((value, err)) = invalid {
+        tracing::warn!("ignoring RUST_LOG={value:?} ({err}); logging at the default level");
+    }
+}
+
+/// Lines dropped because standard error could not take them, not reported yet.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Standard error, opened for writes that never block.
+#[derive(Debug)]
+enum Stderr {
+    /// A pipe or a terminal, reopened through `/proc/self/fd/2` as a new
+    /// open file description of its own, non-blocking: the flag does not
+    /// reach the shell or anyone else sharing the original.
+    Reopened(File),
+    /// A socket (journald's stream, say): each write is `send(MSG_DONTWAIT)`.
+    Socket(OwnedFd),
+    /// A regular file, or anything that cannot be reopened: written as is
+    /// (writing to a file does not wait for a reader).
+    Direct,
+}
+
+impl Stderr {
+    fn open() -> Self {
+        let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return Self::Direct };
+        let kind = meta.file_type();
+        if kind.is_fifo() || kind.is_char_device() {
+            let reopened = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open("/proc/self/fd/2");
+            if let Ok(file) = reopened {
+                return Self::Reopened(file);
+            }
+        }
+        if kind.is_socket() {
+            if let Ok(fd) = io::stderr().as_fd().try_clone_to_owned() {
+                return Self::Socket(fd);
+            }
+        }
+        Self::Direct
+    }
+
+    /// Writes `bytes` in one call if they fit now.
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Reopened(file) => (&*file).write(bytes),
+            Self::Socket(fd) => netcore::send_dontwait(fd.as_fd(), bytes),
+            Self::Direct => io::stderr().write(bytes),
+        }
+    }
+
+    /// Writes one whole line, or drops and counts it; first says how many
+    /// lines were dropped before, if any and if that fits.
+    fn emit(&self, line: &[u8]) {
+        let dropped = DROPPED.load(Ordering::Relaxed);
+        if dropped > 0 {
+            let note = format!(
+                "{dropped} log line(s) dropped: standard error was not being read fast enough\n"
+            );
+            if !self.write_whole(note.as_bytes()) {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            DROPPED.fetch_sub(dropped, Ordering::Relaxed);
+        }
+        if !self.write_whole(line) {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One write of the whole of `bytes`; false if it did not all go out.
+    fn write_whole(&self, bytes: &[u8]) -> bool {
+        loop {
+            match self.try_write(bytes) {
+                Ok(written) => return written == bytes.len(),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for Stderr {
+    type Writer = Line<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Line { sink: self, bytes: Vec::with_capacity(256) }
+    }
+}
+
+/// One log line being formatted; written (or dropped) as a whole on drop.
+#[derive(Debug)]
+pub(crate) struct Line<'a> {
+    sink: &'a Stderr,
+    bytes: Vec<u8>,
+}
+
+impl Write for Line<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line<'_> {
+    fn drop(&mut self) {
+        if self.bytes.is_empty() {
+            return;
+        }
+        if self.bytes.len() > MAX_LINE {
+            self.bytes.truncate(MAX_LINE - 4);
+            self.bytes.extend_from_slice("…\n".as_bytes());
+        }
+        self.sink.emit(&self.bytes);
+    }
+}
