@@ -186,3 +186,44 @@ fn a_peer_that_stops_reading_is_disconnected_after_the_idle_timeout() {
     server.wait_for_log(&["peer idle for 0.3 s"], 1, TIMEOUT).unwrap();
     server.wait_for_log(&["child exited with status 2"], 1, TIMEOUT).unwrap();
 }
+
+#[test]
+fn at_the_child_limit_no_listener_is_starved() {
+    // Two listeners, one child at a time: a client waiting on ::1 must get the
+    // next free slot rather than wait behind every IPv4 client queued after it.
+    if !integration_tests::ipv6_available() {
+        eprintln!("skipping: no IPv6 loopback");
+        return;
+    }
+    let server = server("127.0.0.1", &["--bind", "::1", "--max-children", "1"]);
+    let port = server.addr().port();
+    let mut holder = connect(&server);
+    echo(&mut holder, b"holding the only slot");
+    let mut waiting_v6 = TcpStream::connect(("::1", port)).unwrap();
+    waiting_v6.set_read_timeout(Some(TIMEOUT)).unwrap();
+    waiting_v6.write_all(b"v6").unwrap();
+    let mut waiting_v4: Vec<TcpStream> = (0..3).map(|_| connect(&server)).collect();
+    for client in &mut waiting_v4 {
+        client.write_all(b"v4").unwrap();
+    }
+    drop(holder);
+    // The IPv6 client is served next...
+    let mut reply = [0; 2];
+    waiting_v6.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"v6");
+    // ...while every IPv4 client still waits (the slot is the IPv6 client's).
+    for client in &mut waiting_v4 {
+        client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let err = client.read(&mut [0; 2]).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{err:?}");
+    }
+    // Then the others, one at a time.
+    drop(waiting_v6);
+    for client in &mut waiting_v4 {
+        client.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut reply = [0; 2];
+        client.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"v4");
+        client.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+}

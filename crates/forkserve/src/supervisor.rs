@@ -198,14 +198,16 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             if wakeup.signaled {
                 self.handle_signals()?;
             }
-            // Round-robin over the listeners, so none is always served last.
+            // Round-robin over the listeners: the next pass starts after the
+            // last one that yielded a connection, so none is always served
+            // last (counting passes instead would not do: at the child limit
+            // each freed slot takes two passes, one to reap, one to accept).
             let (count, first) = (wakeup.ready.len(), self.first_listener);
             for index in (0..count).map(|i| (first + i) % count) {
-                if wakeup.ready[index] {
-                    self.accept_batch(index)?;
+                if wakeup.ready[index] && self.accept_batch(index)? {
+                    self.first_listener = (index + 1) % count;
                 }
             }
-            self.first_listener = (self.first_listener + 1) % count.max(1);
         }
     }
 
@@ -387,23 +389,26 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         }
     }
 
-    /// Accepts what is queued on one listener, up to a batch.
-    fn accept_batch(&mut self, index: usize) -> Result<(), ServeError> {
+    /// Accepts what is queued on one listener, up to a batch; true if it
+    /// accepted at least one connection.
+    fn accept_batch(&mut self, index: usize) -> Result<bool, ServeError> {
+        let mut accepted = false;
         for _ in 0..ACCEPT_BATCH {
             if !self.may_accept() {
-                return Ok(());
+                return Ok(accepted);
             }
-            let Some(listener) = self.listeners.get(index) else { return Ok(()) };
+            let Some(listener) = self.listeners.get(index) else { return Ok(accepted) };
             let local = listener.local_addr();
             match listener.accept() {
                 Ok((stream, peer)) => {
                     if let Some(failures) = self.accept_trouble.recovered() {
                         self.report(&Event::AcceptResumed { failures });
                     }
+                    accepted = true;
                     self.take(Held { stream, peer, listener: local, admitted: false })?;
                 }
                 Err(error) => match error.recovery() {
-                    Recovery::Drained => return Ok(()),
+                    Recovery::Drained => return Ok(accepted),
                     Recovery::Retry => {
                         self.stats.accept_errors += 1;
                         self.report(&Event::AcceptRetried { error: &error });
@@ -413,7 +418,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                         let (pause, first) = (self.settings.backoff, self.accept_trouble.failed());
                         self.report(&Event::AcceptPaused { error: &error, pause, first });
                         self.paused_until = Some(after(Instant::now(), pause));
-                        return Ok(());
+                        return Ok(accepted);
                     }
                     _ => {
                         self.stats.accept_errors += 1;
@@ -422,7 +427,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 },
             }
         }
-        Ok(())
+        Ok(accepted)
     }
 
     /// Asks the policy about a connection (unless it already said yes), then
