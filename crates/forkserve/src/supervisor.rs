@@ -380,13 +380,11 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     /// Signals every live child; a failure for one (reported) does not stop
     /// shutdown, which still reaps everyone it can.
     fn signal_children(&mut self, signal: Signal) -> usize {
-        match self.children.signal_all(signal) {
-            Ok(sent) => sent,
-            Err(error) => {
-                self.report(&Event::SignalFailed { error: &error });
-                0
-            }
+        let signalled = self.children.signal_each(signal);
+        for error in &signalled.errors {
+            self.report(&Event::SignalFailed { error });
         }
+        signalled.sent
     }
 
     /// Accepts what is queued on one listener, up to a batch; true if it
@@ -519,7 +517,7 @@ impl<W> Drop for Supervisor<W> {
             "the server loop ended early; stopping its children"
         );
         for signal in [Signal::TERM, Signal::KILL] {
-            let _ = self.children.signal_all(signal);
+            let _ = self.children.signal_each(signal);
             let deadline = after(Instant::now(), self.settings.kill_after);
             while !self.children.is_empty() && Instant::now() < deadline {
                 match self.children.reap() {

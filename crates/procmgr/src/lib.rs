@@ -67,7 +67,7 @@ pub use fork::{
     Fork, InChild, die_with_parent, fork, fork_child, fork_child_unchecked, fork_unchecked,
     thread_count,
 };
-pub use reap::{ChildExit, ChildPid, Children, Reaped, reap};
+pub use reap::{ChildExit, ChildPid, Children, Reaped, Signalled, reap};
 pub use signal::{
     MaskGuard, Signal, Signals, Wakeup, block, ignore, ignored_signals, kill, restore_default,
 };

@@ -260,6 +260,23 @@ impl<T> Children<T> {
         })
     }
 
+    /// Sends `signal` to every registered child not reaped yet, whatever
+    /// happens to each: how many were signalled, and the errors for those
+    /// that could not be (a child reaped behind the registry's back, `ESRCH`,
+    /// is neither).
+    pub fn signal_each(&self, signal: Signal) -> Signalled {
+        let mut signalled = Signalled { sent: 0, errors: Vec::new() };
+        for pid in self.pids() {
+            match kill(pid, signal) {
+                Ok(()) => signalled.sent += 1,
+                Err(ProcError::Kill { source, .. })
+                    if source.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(err) => signalled.errors.push(err),
+            }
+        }
+        signalled
+    }
+
     /// Sends `signal` to every registered child not reaped yet; returns how many
     /// were signalled. A child that has exited but is not reaped yet (a zombie)
     /// still counts: it holds its pid, so no other process can have it. One
@@ -267,20 +284,20 @@ impl<T> Children<T> {
     ///
     /// # Errors
     /// The first [`ProcError::Kill`] other than `ESRCH`; the rest of the
-    /// children are still signalled.
+    /// children are still signalled, but their count is lost:
+    /// [`Children::signal_each`] keeps it.
     pub fn signal_all(&self, signal: Signal) -> Result<usize, ProcError> {
-        let mut sent = 0;
-        let mut first_error = None;
-        for pid in self.pids() {
-            match kill(pid, signal) {
-                Ok(()) => sent += 1,
-                Err(ProcError::Kill { source, .. })
-                    if source.raw_os_error() == Some(libc::ESRCH) => {}
-                Err(err) => {
-                    first_error.get_or_insert(err);
-                }
-            }
-        }
-        first_error.map_or(Ok(sent), Err)
+        let Signalled { sent, errors } = self.signal_each(signal);
+        errors.into_iter().next().map_or(Ok(sent), Err)
     }
+}
+
+/// What [`Children::signal_each`] did.
+#[derive(Debug)]
+#[must_use]
+pub struct Signalled {
+    /// How many children were sent the signal.
+    pub sent: usize,
+    /// One error for each child that could not be.
+    pub errors: Vec<ProcError>,
 }
