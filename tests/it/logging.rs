@@ -119,6 +119,16 @@ fn a_log_reader_that_stalls_never_stalls_the_server() {
     })
     .unwrap();
 
+    // SIGUSR1's counters include the lines lost so far.
+    kill(Pid::from_raw(server.pid()), Signal::SIGUSR1).unwrap();
+    let total = wait_until(TIMEOUT, "the dropped-lines counter", || {
+        let log = log.lock().unwrap_or_else(PoisonError::into_inner);
+        let (_, rest) = log.split_once("log lines dropped: ")?;
+        rest.split_whitespace().next()?.parse::<u64>().ok()
+    })
+    .unwrap();
+    assert!(total > 0, "lines were dropped, the counter says {total}");
+
     // And it still shuts down on request.
     kill(Pid::from_raw(server.pid()), Signal::SIGTERM).unwrap();
     let status =

@@ -49,6 +49,8 @@ fn hup_usr1_usr2_alrm_and_real_time_signals_are_logged_and_serving_goes_on() {
         server.wait_for_log(&[line], 1, TIMEOUT).unwrap();
         assert!(server.is_running(), "signal {signo} ended the server");
     }
+    // The log's own counter follows the loop's.
+    server.wait_for_log(&["log lines dropped: 0"], 1, TIMEOUT).unwrap();
     // The counters line has the live child and every field.
     server
         .wait_for_log(&["counters:", "active 1", "exited 0: 0", "fork failures 0"], 1, TIMEOUT)

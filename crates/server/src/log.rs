@@ -52,6 +52,20 @@ pub(crate) fn init(level: &str) {
 
 /// Lines dropped because standard error could not take them, not reported yet.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Lines dropped since the start, reported or not.
+static DROPPED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// How many log lines this process has dropped since it started (a child
+/// counts its own from the fork on).
+pub(crate) fn dropped_total() -> u64 {
+    DROPPED_TOTAL.load(Ordering::Relaxed)
+}
+
+/// Counts one dropped line.
+fn drop_line() {
+    DROPPED.fetch_add(1, Ordering::Relaxed);
+    DROPPED_TOTAL.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Standard error, opened for writes that never block.
 #[derive(Debug)]
@@ -106,13 +120,13 @@ impl Stderr {
                 "{dropped} log line(s) dropped: standard error was not being read fast enough\n"
             );
             if !self.write_whole(note.as_bytes()) {
-                DROPPED.fetch_add(1, Ordering::Relaxed);
+                drop_line();
                 return;
             }
             DROPPED.fetch_sub(dropped, Ordering::Relaxed);
         }
         if !self.write_whole(line) {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
+            drop_line();
         }
     }
 

@@ -133,7 +133,13 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         .max_children(usize::try_from(args.max_children)?)
         .grace(Duration::from_secs_f64(args.grace))
         .idle_timeout(idle_timeout)
-        .admit(policy(args)?);
+        .admit(policy(args)?)
+        .on_event(|event| {
+            // The log's own counter, beside the loop's (SIGUSR1, shutdown).
+            if let forkserve::Event::Stats { .. } | forkserve::Event::Finished { .. } = event {
+                tracing::info!("log lines dropped: {}", log::dropped_total());
+            }
+        });
     server.serve(|conn| conn::serve(conn, idle_timeout))?;
     Ok(())
 }
