@@ -117,3 +117,20 @@ fn sigint_ignored_by_the_launcher_stays_ignored() {
     let status = server.terminate(TIMEOUT).unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn with_q_the_counters_and_the_shutdown_summary_are_still_logged() {
+    // An operator who asks for the counters gets them, however quiet the log.
+    let mut server = server("127.0.0.1", &["-q"]);
+    drop(served(&server));
+    server.wait_for_children(0, TIMEOUT).unwrap();
+    server.signal(Signal::SIGUSR1).unwrap();
+    server.wait_for_log(&["counters: accepted 1"], 1, TIMEOUT).unwrap();
+    server.wait_for_log(&["log lines dropped: 0"], 1, TIMEOUT).unwrap();
+    let status = server.terminate(TIMEOUT).unwrap();
+    assert!(status.success(), "{status}");
+    server.wait_for_log(&["all children reaped; exiting: served 1"], 1, TIMEOUT).unwrap();
+    // Quiet otherwise: no per-connection line.
+    let log = server.log().join("\n");
+    assert!(!log.contains("accepted a connection"), "{log}");
+}

@@ -196,7 +196,8 @@ pub enum Event<'a> {
         /// The signal.
         signal: Signal,
     },
-    /// SIGUSR1: the counters, as they stand (info).
+    /// SIGUSR1: the counters, as they stand (info; target
+    /// `forkserve::counters`, so a quiet log can still keep it).
     Stats {
         /// The counters.
         stats: &'a Stats,
@@ -208,7 +209,7 @@ pub enum Event<'a> {
         pids: &'a [ChildPid],
     },
     /// Every child is reaped after a shutdown request; `serve` returns `Ok`
-    /// (info).
+    /// (info; target `forkserve::counters`).
     Finished {
         /// How the shutdown went.
         summary: ShutdownSummary,
@@ -313,14 +314,14 @@ impl Event<'_> {
                 info!("received {signal}: nothing to reload; carrying on");
             }
             Self::Signal { signal } => info!("received {signal}: ignored; carrying on"),
-            Self::Stats { stats } => info!("counters: {stats}"),
+            Self::Stats { stats } => info!(target: "forkserve::counters", "counters: {stats}"),
             Self::Unreaped { pids } => {
                 let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
                 let pids = pids.join(" ");
                 warn!(%pids, "children outlived SIGKILL; giving up on them");
             }
             Self::Finished { summary, stats } => {
-                info!(%stats, "all children reaped; exiting: {summary}");
+                info!(target: "forkserve::counters", %stats, "all children reaped; exiting: {summary}");
             }
         }
     }

@@ -12,14 +12,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
-/// The target of the `listening on ADDR:PORT` line, which every filter keeps:
-/// with port 0 nothing else tells where the server listens.
-const LISTENING: &str = "forkserve::listening=info";
+/// Lines every filter keeps: `listening on ADDR:PORT` (with port 0 nothing
+/// else tells where the server listens), and the counters an operator asks
+/// for with SIGUSR1 and the shutdown summary.
+const ALWAYS: [&str; 2] = ["forkserve::listening=info", "forkserve::counters=info"];
 
 /// The longest line written whole: `PIPE_BUF`, so a write to a pipe either
 /// fits entirely or not at all, never half a line.
@@ -27,7 +28,7 @@ const MAX_LINE: usize = 4096;
 
 /// Sets up logging to standard error at `level`, unless `RUST_LOG` names a
 /// valid filter; an invalid one gets a warning and `level`. The `listening
-/// on` line is written whatever the filter says.
+/// on` line and the counters are written whatever the filter says.
 pub(crate) fn init(level: &str) {
     let (filter, invalid) = match std::env::var("RUST_LOG") {
         Ok(value) if !value.trim().is_empty() => match EnvFilter::builder().parse(&value) {
@@ -36,10 +37,10 @@ pub(crate) fn init(level: &str) {
         },
         _ => (EnvFilter::new(level), None),
     };
-    let filter = match LISTENING.parse() {
+    let filter = ALWAYS.iter().fold(filter, |filter, directive| match directive.parse() {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
-    };
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(Stderr::open())
@@ -55,9 +56,24 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Lines dropped since the start, reported or not.
 static DROPPED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
+/// The process the two counters belong to: a child inherits the parent's
+/// counts at fork, and must start its own from zero (or it would report the
+/// parent's losses a second time).
+static OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// Resets the counters if this process is not the one that counted them.
+fn claim_counters() {
+    let me = std::process::id();
+    if OWNER.swap(me, Ordering::Relaxed) != me {
+        DROPPED.store(0, Ordering::Relaxed);
+        DROPPED_TOTAL.store(0, Ordering::Relaxed);
+    }
+}
+
 /// How many log lines this process has dropped since it started (a child
 /// counts its own from the fork on).
 pub(crate) fn dropped_total() -> u64 {
+    claim_counters();
     DROPPED_TOTAL.load(Ordering::Relaxed)
 }
 
@@ -114,6 +130,7 @@ impl Stderr {
     /// Writes one whole line, or drops and counts it; first says how many
     /// lines were dropped before, if any and if that fits.
     fn emit(&self, line: &[u8]) {
+        claim_counters();
         let dropped = DROPPED.load(Ordering::Relaxed);
         if dropped > 0 {
             let note = format!(

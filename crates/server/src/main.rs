@@ -137,7 +137,8 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         .on_event(|event| {
             // The log's own counter, beside the loop's (SIGUSR1, shutdown).
             if let forkserve::Event::Stats { .. } | forkserve::Event::Finished { .. } = event {
-                tracing::info!("log lines dropped: {}", log::dropped_total());
+                let dropped = log::dropped_total();
+                tracing::info!(target: "forkserve::counters", "log lines dropped: {dropped}");
             }
         });
     server.serve(|conn| conn::serve(conn, idle_timeout))?;
