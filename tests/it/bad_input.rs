@@ -6,7 +6,7 @@ use std::net::TcpListener;
 
 use integration_tests::{Client, Server, TIMEOUT};
 
-use crate::{as_nobody, one_nobody_test_at_a_time, server};
+use crate::{as_nobody, server};
 
 #[test]
 fn server_usage_errors_exit_2() {
@@ -53,10 +53,10 @@ fn server_reports_an_address_that_is_not_local() {
 #[test]
 fn server_reports_permission_denied_for_a_privileged_port() {
     let Some(nobody) = as_nobody() else { return };
-    let _one_at_a_time = one_nobody_test_at_a_time();
     // Port 7 is privileged; the kernel refuses an unprivileged bind(2) before
     // looking at whether the port is in use, so nothing is ever bound here.
-    let done = Server::run(&nobody, &["7", "--bind", "127.0.0.1"], TIMEOUT).unwrap();
+    let args = ["7", "--bind", "127.0.0.1"];
+    let done = Server::run_at(&nobody.wrapper, nobody.server.path(), &args, TIMEOUT).unwrap();
     done.expect_error(1, &["cannot bind 127.0.0.1:7", "Permission denied"]).unwrap();
 }
 
@@ -106,7 +106,7 @@ fn streaming_client_reports_a_server_that_closes_first() {
 }
 
 #[test]
-fn client_output_to_a_closed_pipe_is_an_error_not_a_panic() {
+fn client_output_to_a_closed_pipe_ends_it_quietly_not_with_a_panic() {
     use std::process::{Command, Stdio};
     let server = server("127.0.0.1", &[]);
     let port = server.addr().port().to_string();
@@ -121,7 +121,8 @@ fn client_output_to_a_closed_pipe_is_an_error_not_a_panic() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    // The client gives up at its first write to stdout; the pipe then breaks.
+    // The client stops at its first write to stdout, as filters do when
+    // their reader goes away (`| head`): quietly, exit 0.
     let _ = stdin.write_all(&vec![b'x'; 1 << 20]);
     drop(stdin);
     let status =
@@ -130,19 +131,16 @@ fn client_output_to_a_closed_pipe_is_an_error_not_a_panic() {
         let _ = child.kill();
     }
     let _ = child.wait();
-    assert_eq!(status.unwrap().code(), Some(1));
+    assert_eq!(status.unwrap().code(), Some(0));
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(stderr.contains("error: cannot write standard output: Broken pipe"), "{stderr}");
-    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+    assert!(!stderr.contains("error:"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
-fn a_quiet_server_still_says_where_it_listens() {
-    let server = server("127.0.0.1", &["-q"]);
-    let log = server.log().join("\n");
-    assert!(log.contains("listening on 127.0.0.1:"), "{log}");
+fn a_quiet_server_says_where_it_listens_and_nothing_else() {
+    let mut server = server("127.0.0.1", &["-q"]);
     let mut stream = std::net::TcpStream::connect(server.addr()).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     stream.write_all(b"x").unwrap();
@@ -150,8 +148,18 @@ fn a_quiet_server_still_says_where_it_listens() {
     // reset, which the child rightly reports as a warning.
     std::io::Read::read_exact(&mut stream, &mut [0]).unwrap();
     drop(stream);
-    // Nothing else at the default level is logged when quiet.
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // A connection accepted, served and reaped: each step logs at the default
+    // level, and none of it may show when quiet. Once the server has exited,
+    // its whole log is in.
+    server.wait_for_children(0, TIMEOUT).unwrap();
+    let status = server.terminate(TIMEOUT).unwrap();
+    assert!(status.success(), "{status}");
     let log = server.log();
-    assert_eq!(log.len(), 1, "{log:?}");
+    let listening = format!("listening on {}", server.addr());
+    assert!(log.first().is_some_and(|line| line.contains(&listening)), "{log:?}");
+    // Besides, only the counters an operator asks for (the shutdown summary),
+    // which count the connection that logged nothing.
+    let counters = "forkserve::counters";
+    assert!(log[1..].iter().all(|line| line.contains(counters)), "{log:?}");
+    assert!(log.iter().any(|line| line.contains("exiting: served 1;")), "{log:?}");
 }

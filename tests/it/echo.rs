@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use integration_tests::{Client, TIMEOUT, procfs};
 
-use crate::{loopbacks, payload, server};
+use crate::{ipv6_or_skip, loopbacks, payload, server};
 
 #[test]
 fn three_concurrent_clients_get_their_lines_and_four_processes_show() {
@@ -103,8 +103,7 @@ fn empty_input_is_a_clean_session() {
 
 #[test]
 fn one_server_listens_on_ipv4_and_ipv6_on_the_same_port() {
-    if !integration_tests::ipv6_available() {
-        eprintln!("skipping: IPv6 loopback unavailable");
+    if !ipv6_or_skip() {
         return;
     }
     let server = server("127.0.0.1", &["--bind", "::1"]);

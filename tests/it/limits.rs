@@ -10,7 +10,7 @@ use std::time::Duration;
 use integration_tests::process::Running;
 use integration_tests::{Server, TIMEOUT, procfs};
 
-use crate::{as_nobody, one_nobody_test_at_a_time, server};
+use crate::{as_nobody, ipv6_or_skip, server, tool_or_skip};
 
 fn connect(server: &Server) -> TcpStream {
     let stream = TcpStream::connect(server.addr()).unwrap();
@@ -79,6 +79,9 @@ fn lowest_free_descriptor(pid: i32) -> usize {
 
 #[test]
 fn out_of_descriptors_the_server_pauses_then_serves_the_waiting_client() {
+    if !tool_or_skip("prlimit") {
+        return;
+    }
     let server = server("127.0.0.1", &[]);
     // A limit at the next free descriptor: the next accept(2) fails with EMFILE.
     let limit = lowest_free_descriptor(server.pid());
@@ -106,6 +109,9 @@ fn out_of_descriptors_the_server_pauses_then_serves_the_waiting_client() {
 
 #[test]
 fn a_connection_accepted_with_the_last_descriptor_is_still_served() {
+    if !tool_or_skip("prlimit") {
+        return;
+    }
     let server = server("127.0.0.1", &[]);
     // Room for exactly one more descriptor: accept takes it, and the fork
     // that follows (with its thread check) must not need another.
@@ -124,10 +130,12 @@ fn when_fork_fails_the_connection_is_kept_and_served_later() {
     // RLIMIT_NPROC is not enforced for root, so the server runs as nobody, with
     // a limit that nobody's processes already reach: the server itself plus a
     // placeholder. Every fork then fails with EAGAIN until the placeholder goes.
+    if !tool_or_skip("prlimit") {
+        return;
+    }
     let Some(nobody) = as_nobody() else { return };
-    let _one_at_a_time = one_nobody_test_at_a_time();
     let mut sleep = Command::new("setpriv");
-    sleep.args(&nobody[1..]).args(["sleep", "60"]);
+    sleep.args(&nobody.wrapper[1..]).args(["sleep", "60"]);
     // Killed by pid when dropped, whatever happens below.
     let mut placeholder = Running::spawn(sleep).unwrap();
     let placeholder_pid = placeholder.pid();
@@ -137,9 +145,10 @@ fn when_fork_fails_the_connection_is_kept_and_served_later() {
     })
     .unwrap();
     let limit = format!("--nproc={}:4096", procfs::tasks_of_uid(65534) + 1);
-    let mut wrapper = nobody.clone();
+    let mut wrapper = nobody.wrapper.clone();
     wrapper.extend(["prlimit", &limit, "--"]);
-    let server = Server::start_wrapped(&wrapper, "127.0.0.1", &[]).unwrap();
+    let server =
+        Server::start_wrapped_at(&wrapper, nobody.server.path(), "127.0.0.1", &[]).unwrap();
 
     let mut client = connect(&server);
     client.write_all(b"held").unwrap();
@@ -170,6 +179,26 @@ fn an_idle_peer_is_disconnected_after_the_idle_timeout() {
 }
 
 #[test]
+fn with_an_idle_timeout_of_0_a_silent_connection_is_served_and_stays_open() {
+    // 0 means never: not a zero timeout on the socket, which std refuses
+    // (every child would fail its set-up), nor one that ends at once.
+    let server = server("127.0.0.1", &["--idle-timeout", "0"]);
+    let mut quiet = connect(&server);
+    echo(&mut quiet, b"served");
+    // Over a second of silence: no close (EOF) and no reset, only our timeout.
+    quiet.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let err = quiet.read(&mut [0; 1]).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{err:?}");
+    server.wait_for_children(1, TIMEOUT).unwrap();
+    // And it still echoes.
+    quiet.set_read_timeout(Some(TIMEOUT)).unwrap();
+    echo(&mut quiet, b"still here after the silence");
+    let log = server.log().join("\n");
+    assert!(!log.contains("idle"), "{log}");
+    assert!(!log.contains("child exited"), "{log}");
+}
+
+#[test]
 fn a_peer_that_stops_reading_is_disconnected_after_the_idle_timeout() {
     let server = server("127.0.0.1", &["--idle-timeout", "0.3"]);
     let mut flooder = connect(&server);
@@ -191,8 +220,7 @@ fn a_peer_that_stops_reading_is_disconnected_after_the_idle_timeout() {
 fn at_the_child_limit_no_listener_is_starved() {
     // Two listeners, one child at a time: a client waiting on ::1 must get the
     // next free slot rather than wait behind every IPv4 client queued after it.
-    if !integration_tests::ipv6_available() {
-        eprintln!("skipping: no IPv6 loopback");
+    if !ipv6_or_skip() {
         return;
     }
     let server = server("127.0.0.1", &["--bind", "::1", "--max-children", "1"]);

@@ -110,14 +110,23 @@ fn a_log_reader_that_stalls_never_stalls_the_server() {
     })
     .unwrap();
 
-    // Once the reader drains the pipe, the server says how many lines it lost.
+    // Once the reader drains the pipe, the server says how many lines it lost,
+    // before its next line. SIGUSR2 makes it log one; it is sent again until
+    // a line gets through (the first may come before the pipe has room).
     let log = server.drain();
-    echo_once(server.addr, 400).unwrap();
-    wait_until(TIMEOUT, "a line counting the dropped lines", || {
+    wait_until(TIMEOUT, "the server to log again", || {
+        kill(Pid::from_raw(server.pid()), Signal::SIGUSR2).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
         let log = log.lock().unwrap_or_else(PoisonError::into_inner);
-        log.contains("log line(s) dropped: standard error was not being read").then_some(())
+        log.contains("received SIGUSR2").then_some(())
     })
     .unwrap();
+    let text = log.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let note = text.find("log line(s) dropped: standard error was not being read");
+    let usr2 = text.find("received SIGUSR2");
+    assert!(note.is_some_and(|note| Some(note) < usr2), "no count before the next line:\n{text}");
+    // A new child logs normally (its lines fit now).
+    echo_once(server.addr, 400).unwrap();
 
     // SIGUSR1's counters include the lines lost so far.
     kill(Pid::from_raw(server.pid()), Signal::SIGUSR1).unwrap();

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod bad_input;
+mod client;
 mod echo;
 mod examples;
 mod hygiene;
@@ -15,17 +16,28 @@ mod shutdown;
 mod signals;
 mod tidy;
 
-use integration_tests::Server;
+use integration_tests::{Server, SharedCopy, TIMEOUT, current_test, skip};
 
-/// The loopback addresses to test on: IPv4 always, IPv6 when the machine has it.
+/// The loopback addresses to test on: IPv4 always, IPv6 when the machine has
+/// it (a missing IPv6 is recorded as a skip of the calling test).
 fn loopbacks() -> Vec<&'static str> {
     let mut ips = vec!["127.0.0.1"];
     if integration_tests::ipv6_available() {
         ips.push("::1");
     } else {
-        eprintln!("IPv6 loopback unavailable: testing IPv4 only");
+        skip(&current_test(), "IPv6 loopback unavailable: tested on IPv4 only");
     }
     ips
+}
+
+/// Whether the IPv6 loopback can be used; if not, records that the calling
+/// test is skipped.
+fn ipv6_or_skip() -> bool {
+    let available = integration_tests::ipv6_available();
+    if !available {
+        skip(&current_test(), "IPv6 loopback unavailable");
+    }
+    available
 }
 
 /// Starts a server on `ip` with `args`, panicking with the reason on failure.
@@ -39,18 +51,67 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// `setpriv` arguments that run the next program as `nobody`, if possible.
-fn as_nobody() -> Option<Vec<&'static str>> {
-    let wrapper = vec!["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"];
+/// Whether `program --version` runs; if not, records that the calling test
+/// is skipped.
+fn tool_or_skip(program: &str) -> bool {
+    let runs = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !runs {
+        skip(&current_test(), &format!("needs {program} (util-linux), which does not run here"));
+    }
+    runs
+}
+
+/// What a test needs to run `echo-server` as `nobody`.
+struct Nobody {
+    /// `setpriv … --`: runs the program that follows as nobody.
+    wrapper: Vec<&'static str>,
+    /// A copy of `echo-server` that nobody can reach and run, wherever the
+    /// checkout lives (a home directory of mode 700, say).
+    server: SharedCopy,
+    /// Other nobody tests wait until this one is done.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Everything needed to run the server as `nobody`, checked by running
+/// `echo-server --version` so; `None` (with a skip of the calling test
+/// recorded) when that is impossible here.
+fn as_nobody() -> Option<Nobody> {
+    let test = &current_test();
     if !is_root() {
-        eprintln!("skipping: needs root to switch to an unprivileged user");
+        skip(test, "needs root to switch to an unprivileged user");
         return None;
     }
-    let _one_at_a_time = one_nobody_test_at_a_time();
-    match integration_tests::Server::run(&wrapper, &["--version"], integration_tests::TIMEOUT) {
-        Ok(done) if done.status.success() => Some(wrapper),
+    if !tool_or_skip("setpriv") {
+        return None;
+    }
+    let one_at_a_time = one_nobody_test_at_a_time();
+    let binary = integration_tests::binary("echo-server").unwrap();
+    let server = SharedCopy::of(&binary).unwrap();
+    let wrapper = vec!["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"];
+    let mut probe = Server::run_at(&wrapper, server.path(), &["--version"], TIMEOUT);
+    // A file just written can be busy for a moment: a process forked by
+    // another test meanwhile holds it open for writing until it execs.
+    for _ in 0..10 {
+        let busy =
+            probe.as_ref().is_ok_and(|done| done.stderr.join("\n").contains("Text file busy"));
+        if !busy {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        probe = Server::run_at(&wrapper, server.path(), &["--version"], TIMEOUT);
+    }
+    match probe {
+        Ok(done) if done.status.success() => {
+            Some(Nobody { wrapper, server, _one_at_a_time: one_at_a_time })
+        }
         other => {
-            eprintln!("skipping: cannot run the server as nobody: {other:?}");
+            let path = server.path().display();
+            skip(test, &format!("cannot run {path} as nobody: {other:?}"));
             None
         }
     }

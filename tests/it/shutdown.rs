@@ -3,7 +3,10 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
 
+use integration_tests::process::KillOnDrop;
 use integration_tests::{TIMEOUT, procfs};
 use nix::sys::signal::Signal;
 
@@ -120,18 +123,27 @@ fn children_do_not_outlive_a_parent_killed_with_sigkill() {
     let mut server = server("127.0.0.1", &[]);
     let mut client = connected(server.addr());
     let child = server.wait_for_children(1, TIMEOUT).unwrap()[0].pid;
+    // Should the child outlive its parent, the test kills it when it fails,
+    // rather than leave it serving until its idle timeout.
+    let _orphan = KillOnDrop::new(child);
     server.signal(Signal::SIGKILL).unwrap();
-    server.wait(TIMEOUT).unwrap();
-    // The child gets SIGTERM from the kernel when its parent dies; whoever
-    // adopts it then may or may not reap it, but it no longer runs.
-    integration_tests::wait_until(TIMEOUT, "the orphaned child to end", || {
+    // The kernel sends the child SIGTERM as its parent dies: it ends at once.
+    // Whoever adopts it then may or may not reap it, but it no longer runs.
+    integration_tests::wait_until(ORPHAN_DEADLINE, "the orphaned child to end", || {
         procfs::stat(child).is_none_or(|p| p.is_zombie()).then_some(())
     })
     .unwrap();
+    let status = server.wait(TIMEOUT).unwrap();
+    assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "the server: {status}");
     let mut rest = Vec::new();
     client.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "the connection closed with the child");
 }
+
+/// How long an orphan may take to end after its parent is killed: the
+/// parent-death signal is sent as the parent exits, so a few seconds is
+/// ample, and a missing one fails the test in seconds, not minutes.
+const ORPHAN_DEADLINE: Duration = Duration::from_secs(5);
 
 #[test]
 fn a_third_signal_kills_what_is_left() {

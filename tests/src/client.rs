@@ -2,10 +2,10 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::process::{self, Finished, Running};
+use crate::process::{self, Finished, KillOnDrop, Running};
 use crate::{TIMEOUT, binary, wait_until};
 
 /// A running `echo-client`, killed by pid when dropped.
@@ -115,6 +115,47 @@ impl Client {
     /// When it cannot start or does not finish in time.
     pub fn run(args: &[&str], input: &[u8], timeout: Duration) -> Result<Finished, String> {
         process::run_to_end(command(args)?, input, timeout)
+    }
+
+    /// Runs a client to completion as [`Client::run`] does, but with its
+    /// standard output going to `stdout` (a pipe whose reader goes away,
+    /// `/dev/full`) rather than collected: the result's `stdout` is empty.
+    /// The client is killed by pid if it outlives `timeout`.
+    ///
+    /// # Errors
+    /// When it cannot start or does not finish in time.
+    pub fn run_with_stdout(
+        args: &[&str],
+        input: &[u8],
+        stdout: Stdio,
+        timeout: Duration,
+    ) -> Result<Finished, String> {
+        // The command (and with it this process's copy of `stdout`) is gone
+        // once the client runs: the client alone holds its output open.
+        let mut child = command(args)?
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start echo-client: {e}"))?;
+        let guard = KillOnDrop::new(i32::try_from(child.id()).unwrap_or(i32::MAX));
+        let mut stdin = child.stdin.take().ok_or("no stdin pipe")?;
+        let input = input.to_vec();
+        // A client that stops early closes its input; that is its answer.
+        let feeder = std::thread::spawn(move || drop(stdin.write_all(&input)));
+        let mut stderr = child.stderr.take().ok_or("no stderr pipe")?;
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text.lines().map(str::to_owned).collect()
+        });
+        let status = wait_until(timeout, "echo-client to exit", || child.try_wait().ok().flatten());
+        // On a timeout the guard kills it, which ends the feeder and the reader.
+        drop(guard);
+        let status = status.inspect_err(|_| drop(child.wait()))?;
+        let _ = feeder.join();
+        let stderr = reader.join().map_err(|_| "the stderr reader panicked")?;
+        Ok(Finished { status, stdout: Vec::new(), stderr })
     }
 }
 

@@ -13,6 +13,10 @@ use nix::unistd::Pid;
 
 use crate::{procfs, wait_until};
 
+/// How long [`Running::wait`] waits, once the process has exited, for its
+/// output pipes to close.
+pub const DRAIN: Duration = Duration::from_secs(3);
+
 /// What a finished process printed, and how it exited.
 #[derive(Debug)]
 pub struct Finished {
@@ -175,18 +179,19 @@ impl Running {
         self.status
     }
 
-    /// Waits for the process to exit, then for its output to be read to the
-    /// end, each for at most `timeout`. The output ends when the pipes close:
-    /// a descendant that outlives the process (an orphaned child of a killed
-    /// server) keeps them open, and what it writes is then still collected,
-    /// but not waited for.
+    /// Waits for the process to exit, for at most `timeout`, then for its
+    /// output to be read to the end, for at most [`DRAIN`] more. Whatever the
+    /// process wrote is in its pipes once it has exited, so reading it takes
+    /// moments; only a descendant that outlives it (an orphaned child of a
+    /// killed server) can keep the pipes open longer, and that is not waited
+    /// for: what it writes is still collected, later.
     ///
     /// # Errors
     /// When it is still running after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
         let pid = self.pid();
         let status = wait_until(timeout, &format!("process {pid} to exit"), || self.try_status())?;
-        let _ = wait_until(timeout, &format!("the output of {pid} to end"), || {
+        let _ = wait_until(timeout.min(DRAIN), &format!("the output of {pid} to end"), || {
             self.readers.iter().all(JoinHandle::is_finished).then_some(())
         });
         let (finished, reading): (Vec<_>, Vec<_>) =

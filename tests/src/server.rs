@@ -39,7 +39,21 @@ impl Server {
     /// # Errors
     /// As [`Server::start`].
     pub fn start_wrapped(wrapper: &[&str], ip: &str, args: &[&str]) -> Result<Self, String> {
-        let mut command = command(wrapper, &binary("echo-server")?);
+        Self::start_wrapped_at(wrapper, &binary("echo-server")?, ip, args)
+    }
+
+    /// As [`Server::start_wrapped`], with the `echo-server` binary at `server`
+    /// (a [`SharedCopy`](crate::SharedCopy) of it, for another user to run).
+    ///
+    /// # Errors
+    /// As [`Server::start`].
+    pub fn start_wrapped_at(
+        wrapper: &[&str],
+        server: &Path,
+        ip: &str,
+        args: &[&str],
+    ) -> Result<Self, String> {
+        let mut command = command(wrapper, server);
         command.args(["0", "--bind", ip]).args(args);
         if !args.contains(&"-q") {
             command.arg("-v");
@@ -81,7 +95,20 @@ impl Server {
     /// # Errors
     /// When it cannot start or does not finish in time.
     pub fn run(wrapper: &[&str], args: &[&str], timeout: Duration) -> Result<Finished, String> {
-        let mut command = command(wrapper, &binary("echo-server")?);
+        Self::run_at(wrapper, &binary("echo-server")?, args, timeout)
+    }
+
+    /// As [`Server::run`], with the `echo-server` binary at `server`.
+    ///
+    /// # Errors
+    /// When it cannot start or does not finish in time.
+    pub fn run_at(
+        wrapper: &[&str],
+        server: &Path,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Finished, String> {
+        let mut command = command(wrapper, server);
         command.args(args);
         run_to_end(command, b"", timeout)
     }

@@ -9,8 +9,14 @@
 //! - stream (the default otherwise): standard input is streamed to the server
 //!   while the echo is streamed to standard output, concurrently, so input of
 //!   any size goes through without deadlock.
+//!
+//! In both, `--timeout` bounds every wait on the server (see `watch`), a
+//! reader of standard output that goes away ends the session quietly, and
+//! every other failure is one line on stderr and exit status 1.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod watch;
 
 use std::error::Error;
 use std::fmt;
@@ -19,12 +25,15 @@ use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use echo_proto::{BUFFER_SIZE, EchoError, Totals};
+use netcore::NetError;
 use tracing_subscriber::EnvFilter;
+
+use crate::watch::{Ledger, Output, Stalled, Waiting, Watched};
 
 /// Sends standard input to an echo server and prints what comes back.
 ///
@@ -48,10 +57,18 @@ struct Args {
     mode: Mode,
 
     /// Give up on each of the server's addresses after this many seconds
-    /// (name resolution not included).
-    #[arg(long, value_name = "SECS", default_value_t = 10,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    connect_timeout: u64,
+    /// (name resolution not included); decimals allowed, at least 0.001.
+    #[arg(long, value_name = "SECS", default_value = "10",
+          value_parser = watch::parse_connect_timeout)]
+    connect_timeout: Duration,
+
+    /// Give up once the server has kept the client waiting this many seconds
+    /// without progress: taking none of a write, owing an echo, or not
+    /// closing after the end of input. Waiting for standard input, or for
+    /// standard output to take the echo, does not count. Decimals allowed, at
+    /// least 0.001; 0 = no timeout.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = watch::parse_timeout)]
+    timeout: Duration,
 
     /// Log more (-v, -vv) to standard error.
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
@@ -80,22 +97,31 @@ fn main() -> ExitCode {
     });
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of the echo went away (`| head`): nobody wants the rest,
+        // so stop, quietly and successfully, as a filter does.
+        Err(Failure::Output(err)) if err.kind() == io::ErrorKind::BrokenPipe => {
+            tracing::debug!("standard output closed by its reader: stopping");
+            ExitCode::SUCCESS
+        }
         Err(err) => {
-            eprintln!("error: {}", chain(err.as_ref()));
+            eprintln!("error: {}", chain(&err));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(args: &Args) -> Result<(), Box<dyn Error>> {
-    let timeout = Duration::from_secs(args.connect_timeout);
-    let stream = netcore::connect(&args.host, args.port, Some(timeout))?;
-    let target = format!("{} port {}", args.host, args.port);
-    let setup = |source| Failure::Setup { target: target.clone(), source };
-    let server = stream.peer_addr().map_err(setup)?;
-    tracing::info!("connected to {server} from {}", stream.local_addr().map_err(setup)?);
+fn run(args: &Args) -> Result<(), Failure> {
+    let (stream, server) = netcore::connect(&args.host, args.port, Some(args.connect_timeout))
+        .map_err(Failure::connect)?;
+    let connection = |source| Failure::connection(server, source);
+    // A reset that arrived as the connection was made is pending on the
+    // socket: report it as such, before anything can mistake it for a close.
+    if let Some(err) = stream.take_error().map_err(connection)? {
+        return Err(connection(err));
+    }
+    tracing::info!("connected to {server} from {}", stream.local_addr().map_err(connection)?);
     // Lines are request/response: send each one at once (no Nagle delay).
-    stream.set_nodelay(true).map_err(setup)?;
+    stream.set_nodelay(true).map_err(connection)?;
     // Standard output unbuffered, written in whole pieces as they arrive.
     let stdout = io::stdout().as_fd().try_clone_to_owned().map_err(Failure::Output)?;
     let lines = match args.mode {
@@ -103,10 +129,11 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         Mode::Stream => false,
         Mode::Auto => io::stdin().is_terminal(),
     };
+    let timeout = Some(args.timeout).filter(|limit| !limit.is_zero());
     let totals = if lines {
-        send_lines(&stream, server, File::from(stdout))
+        send_lines(&stream, server, File::from(stdout), timeout)
     } else {
-        send_stream(&stream, server, File::from(stdout))
+        send_stream(&stream, server, File::from(stdout), timeout)
     }?;
     tracing::debug!(sent = totals.sent, received = totals.received, "done");
     Ok(())
@@ -115,53 +142,90 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
 /// Why a session ended badly; each variant is one line for the user.
 #[derive(Debug)]
 enum Failure {
-    /// Setting up the connection failed after it was made.
-    Setup { target: String, source: io::Error },
+    /// No connection could be made.
+    Connect(NetError),
     /// Reading standard input failed.
     Input(io::Error),
     /// Writing standard output failed.
     Output(io::Error),
-    /// The connection failed (reset, timeout, …).
+    /// The connection failed (a broken pipe, a kernel timeout, …).
     Connection { server: SocketAddr, source: io::Error },
+    /// The server reset the connection, possibly as soon as it was made.
+    Reset { server: SocketAddr },
+    /// The server kept the client waiting for the whole `--timeout`.
+    TimedOut { server: SocketAddr, stalled: Stalled },
     /// The server closed before echoing everything; `sent` is `None` when
     /// it is not known how much input went out.
-    Closed { server: SocketAddr, sent: Option<u64>, echoed: u64 },
+    Closed { server: SocketAddr, sent: Option<u64>, received: u64 },
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Setup { target, source } => write!(f, "connection to {target} failed: {source}"),
+            Self::Connect(err) => write!(f, "{err}"),
             Self::Input(err) => write!(f, "cannot read standard input: {err}"),
             Self::Output(err) => write!(f, "cannot write standard output: {err}"),
             Self::Connection { server, source } => {
                 write!(f, "connection to {server} failed: {source}")
             }
-            Self::Closed { server, sent: Some(sent), echoed } if echoed < sent => write!(
+            Self::Reset { server } => write!(f, "connection reset by the server {server}"),
+            Self::TimedOut { server, stalled } => write!(f, "server {server} timed out: {stalled}"),
+            Self::Closed { server, sent: Some(sent), received } if received < sent => write!(
                 f,
-                "server {server} closed the connection after echoing {echoed} of {sent} bytes"
+                "server {server} closed the connection before echoing everything \
+                 (sent {sent} bytes, received {received})"
             ),
-            Self::Closed { server, sent: Some(_), echoed } => {
-                write!(f, "server {server} closed the connection ({echoed} bytes echoed)")
-            }
-            Self::Closed { server, sent: None, echoed } => write!(
+            Self::Closed { server, sent: Some(sent), received } => write!(
+                f,
+                "server {server} closed the connection (sent {sent} bytes, received {received})"
+            ),
+            Self::Closed { server, sent: None, received } => write!(
                 f,
                 "server {server} closed the connection before all input was sent \
-                 ({echoed} bytes echoed)"
+                 (received {received} bytes)"
             ),
         }
     }
 }
 
-impl Error for Failure {}
+impl Error for Failure {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            // The message is the library's; its causes follow it.
+            Self::Connect(err) => err.source(),
+            _ => None,
+        }
+    }
+}
 
 impl Failure {
+    /// A failure to connect; a reset means the server was reached, and is
+    /// reported as what it is.
+    fn connect(err: NetError) -> Self {
+        match err {
+            NetError::Reset { addr, .. } => Self::Reset { server: addr },
+            other => Self::Connect(other),
+        }
+    }
+
+    /// A failure of the connection to `server`, sorted: a reset, a timeout
+    /// of ours, or anything else.
+    fn connection(server: SocketAddr, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::ConnectionReset {
+            return Self::Reset { server };
+        }
+        match Stalled::from_io(&source) {
+            Some(stalled) => Self::TimedOut { server, stalled },
+            None => Self::Connection { server, source },
+        }
+    }
+
     /// Sorts a copy's failure: the socket's side is the connection's fault,
     /// the other side is standard input's or output's.
     fn from_copy(err: EchoError, socket_reads: bool, server: SocketAddr) -> Self {
         match (err, socket_reads) {
             (EchoError::Read { source, .. }, true) | (EchoError::Write { source, .. }, false) => {
-                Self::Connection { server, source }
+                Self::connection(server, source)
             }
             (EchoError::Read { source, .. }, false) => Self::Input(source),
             (EchoError::Write { source, .. }, true) => Self::Output(source),
@@ -191,8 +255,17 @@ enum Event {
 /// the user is still typing, and keeps a server that misbehaves (sends without
 /// reading) from wedging the client. Input is read one piece ahead at most.
 /// At end of input the sending side is shut down and the rest drained.
-fn send_lines(stream: &TcpStream, server: SocketAddr, mut output: File) -> Result<Totals, Failure> {
-    let connection = |source| Failure::Connection { server, source };
+///
+/// With a `timeout`, this thread gives up when it has waited that long for
+/// the server without an event from it: a piece's write to finish, an echo
+/// owed, or the close after the end of input.
+fn send_lines(
+    stream: &TcpStream,
+    server: SocketAddr,
+    mut output: File,
+    timeout: Option<Duration>,
+) -> Result<Totals, Failure> {
+    let connection = |source| Failure::connection(server, source);
     let (events, inbox) = mpsc::sync_channel(16);
     // None of the helpers is joined: one may be blocked in a read or a write
     // when the session ends, and ending the process ends it.
@@ -239,9 +312,32 @@ fn send_lines(stream: &TcpStream, server: SocketAddr, mut output: File) -> Resul
     let mut due = 0; // echo bytes still expected for the piece last sent
     let mut echo = Vec::new();
     let (mut writing, mut input_done, mut shut_down) = (false, false, false);
-    // The helpers hold senders until they end, and the server's reader always
-    // reports its end, so the loop ends by returning, never by a closed channel.
-    while let Ok(event) = inbox.recv() {
+    // When the server last did something (or came to owe something).
+    let mut since = Instant::now();
+    loop {
+        // The helpers hold senders until they end, and the server's reader
+        // always reports its end, so the loop never finds the channel closed.
+        let waiting = writing || due > 0 || shut_down;
+        let event = match timeout.filter(|_| waiting) {
+            Some(limit) => match inbox.recv_timeout(limit.saturating_sub(since.elapsed())) {
+                Ok(event) => event,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let waiting = match (writing, due) {
+                        (true, _) => Waiting::Write,
+                        (false, 1..) => Waiting::Echo,
+                        (false, 0) => Waiting::Close,
+                    };
+                    let (sent, received) = (totals.sent, totals.received);
+                    let stalled = Stalled { waiting, after: limit, sent, received };
+                    return Err(Failure::TimedOut { server, stalled });
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+            None => match inbox.recv() {
+                Ok(event) => event,
+                Err(mpsc::RecvError) => break,
+            },
+        };
         match event {
             Event::Input(Ok(piece)) if piece.is_empty() => input_done = true,
             Event::Input(Ok(piece)) => queued = Some(piece),
@@ -249,15 +345,12 @@ fn send_lines(stream: &TcpStream, server: SocketAddr, mut output: File) -> Resul
             Event::Echo(Ok(bytes)) if bytes.is_empty() => {
                 output.write_all(&echo).map_err(Failure::Output)?;
                 let finished = input_done && queued.is_none() && due == 0;
-                return if finished {
-                    Ok(totals)
-                } else {
-                    Err(Failure::Closed {
-                        server,
-                        sent: Some(totals.sent),
-                        echoed: totals.received,
-                    })
-                };
+                if finished {
+                    return Ok(totals);
+                }
+                let closed =
+                    Failure::Closed { server, sent: Some(totals.sent), received: totals.received };
+                return Err(prefer_reset(closed, &inbox, server));
             }
             Event::Echo(Ok(bytes)) => {
                 totals.received += bytes.len() as u64;
@@ -267,9 +360,15 @@ fn send_lines(stream: &TcpStream, server: SocketAddr, mut output: File) -> Resul
                     echo.clear();
                     due = 0;
                 }
+                since = Instant::now();
             }
-            Event::Echo(Err(err)) | Event::Sent(Err(err)) => return Err(connection(err)),
-            Event::Sent(Ok(())) => writing = false,
+            Event::Echo(Err(err)) | Event::Sent(Err(err)) => {
+                return Err(prefer_reset(connection(err), &inbox, server));
+            }
+            Event::Sent(Ok(())) => {
+                writing = false;
+                since = Instant::now();
+            }
         }
         if due > 0 || writing {
             continue;
@@ -279,13 +378,37 @@ fn send_lines(stream: &TcpStream, server: SocketAddr, mut output: File) -> Resul
             due = piece.len();
             writing = writer.send(Some(piece)).is_ok();
             let _ = go_ahead.try_send(());
+            since = Instant::now();
         } else if input_done && !shut_down {
             // End of input: tell the server, then drain until it closes.
             writing = writer.send(None).is_ok();
             shut_down = true;
+            since = Instant::now();
         }
     }
     Err(connection(io::Error::other("the helper threads ended unexpectedly")))
+}
+
+/// `failure`, or a reset that another helper thread reports within a moment:
+/// of two threads using a connection that is reset, only the first learns of
+/// the reset; the other sees its aftermath, an end of file or a broken pipe,
+/// and may well report first.
+fn prefer_reset(failure: Failure, inbox: &mpsc::Receiver<Event>, server: SocketAddr) -> Failure {
+    if matches!(failure, Failure::Reset { .. }) {
+        return failure;
+    }
+    let deadline = Instant::now() + Duration::from_millis(100);
+    while let Ok(event) = inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        match event {
+            Event::Echo(Err(err)) | Event::Sent(Err(err))
+                if err.kind() == io::ErrorKind::ConnectionReset =>
+            {
+                return Failure::Reset { server };
+            }
+            _ => {}
+        }
+    }
+    failure
 }
 
 /// Reads pieces with `read` (which appends to the buffer it is given and
@@ -314,19 +437,36 @@ fn forward_pieces(
 /// Streams standard input to the server on one thread while the echo streams
 /// to `output` on this one. At end of input the sending side is shut down; the
 /// server then finishes echoing and closes, which ends the receiving side.
-fn send_stream(stream: &TcpStream, server: SocketAddr, output: File) -> Result<Totals, Failure> {
-    let to_server = stream.try_clone().map_err(|source| Failure::Connection { server, source })?;
+///
+/// With a `timeout`, both sides go through the [`Ledger`]: a read or write
+/// that the server holds up for that long ends the session.
+fn send_stream(
+    stream: &TcpStream,
+    server: SocketAddr,
+    output: File,
+    timeout: Option<Duration>,
+) -> Result<Totals, Failure> {
+    let connection = |source| Failure::connection(server, source);
+    let ledger = Arc::new(Ledger::new(timeout));
+    ledger.arm(stream).map_err(connection)?;
+    let to_server = stream.try_clone().map_err(connection)?;
     let (done, sender) = mpsc::sync_channel(1);
+    let sending = Arc::clone(&ledger);
     // Not a scoped thread: if the server closes early, this thread may be stuck
     // reading input that never ends, and must not be waited for.
     std::thread::spawn(move || {
-        let sent = echo_proto::relay(io::stdin().lock(), &to_server);
+        let sent = echo_proto::relay(io::stdin().lock(), Watched::new(&to_server, &sending));
+        if sent.is_ok() {
+            sending.input_ended();
+        }
+        // After a failure, end the receiving side too: the failure is the news.
+        let how = if sent.is_ok() { Shutdown::Write } else { Shutdown::Both };
         // Report before the shutdown: the server's close, and so our EOF, can
         // only come after it, so the receiving side always finds the report.
         let _ = done.send(sent);
-        let _ = to_server.shutdown(Shutdown::Write);
+        let _ = to_server.shutdown(how);
     });
-    let received = echo_proto::relay(stream, output)
+    let received = echo_proto::relay(Watched::new(stream, &ledger), Output::new(output, &ledger))
         .map_err(|err| Failure::from_copy(err, true, server))?
         .received;
     // The report normally waits here already; the short wait covers a server
@@ -334,11 +474,11 @@ fn send_stream(stream: &TcpStream, server: SocketAddr, output: File) -> Result<T
     let Ok(sent) = sender.recv_timeout(Duration::from_millis(100)) else {
         // The server closed while input was still coming: say so now rather
         // than wait for input that may never end.
-        return Err(Failure::Closed { server, sent: None, echoed: received });
+        return Err(Failure::Closed { server, sent: None, received });
     };
     let sent = sent.map_err(|err| Failure::from_copy(err, false, server))?.received;
     if received < sent {
-        return Err(Failure::Closed { server, sent: Some(sent), echoed: received });
+        return Err(Failure::Closed { server, sent: Some(sent), received });
     }
     Ok(Totals { sent, received })
 }
@@ -360,4 +500,48 @@ fn init_tracing(level: &str) {
 fn chain(err: &(dyn Error + 'static)) -> String {
     let causes = std::iter::successors(Some(err), |&e| e.source()).map(ToString::to_string);
     causes.collect::<Vec<_>>().join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7);
+
+    #[test]
+    fn connection_failures_are_sorted() {
+        let reset = Failure::connection(SERVER, io::ErrorKind::ConnectionReset.into());
+        assert_eq!(reset.to_string(), "connection reset by the server 127.0.0.1:7");
+        let stalled = Stalled {
+            waiting: Waiting::Write,
+            after: Duration::from_secs(2),
+            sent: 9,
+            received: 4,
+        };
+        let ours = io::Error::new(io::ErrorKind::TimedOut, stalled);
+        assert_eq!(
+            Failure::connection(SERVER, ours).to_string(),
+            "server 127.0.0.1:7 timed out: took no data for 2 s (sent 9 bytes, received 4)"
+        );
+        // The kernel's own timeout is not ours: it keeps its words.
+        let kernel = Failure::connection(SERVER, io::Error::from_raw_os_error(110));
+        assert!(matches!(kernel, Failure::Connection { .. }), "{kernel:?}");
+        let reset = NetError::Reset { addr: SERVER, source: io::ErrorKind::ConnectionReset.into() };
+        assert!(matches!(Failure::connect(reset), Failure::Reset { server: SERVER }));
+    }
+
+    #[test]
+    fn a_reset_another_thread_saw_is_preferred_to_its_aftermath() {
+        let closed = || Failure::Closed { server: SERVER, sent: Some(6), received: 0 };
+        let (events, inbox) = mpsc::sync_channel(4);
+        events.send(Event::Input(Ok(b"more\n".to_vec()))).unwrap();
+        events.send(Event::Sent(Err(io::ErrorKind::ConnectionReset.into()))).unwrap();
+        assert!(matches!(prefer_reset(closed(), &inbox, SERVER), Failure::Reset { .. }));
+        // Nothing else to say within a moment: the failure stands.
+        events.send(Event::Sent(Err(io::ErrorKind::BrokenPipe.into()))).unwrap();
+        let started = Instant::now();
+        assert!(matches!(prefer_reset(closed(), &inbox, SERVER), Failure::Closed { .. }));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
 }

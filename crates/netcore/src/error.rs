@@ -88,13 +88,75 @@ pub enum NetError {
     /// `connect(2)` failed: refused, unreachable or timed out.
     #[error("cannot connect to {addr}")]
     Connect {
-        /// The address tried (the last one, when a name had several).
+        /// The address tried.
         addr: SocketAddr,
         /// The OS error.
         #[source]
         source: io::Error,
     },
+    /// The handshake was done, but the peer reset the connection before
+    /// [`connect_addr`](crate::connect_addr) could return it.
+    #[error("connection to {addr} reset by the peer as soon as it was made")]
+    Reset {
+        /// The address connected to.
+        addr: SocketAddr,
+        /// The OS error (`ConnectionReset`).
+        #[source]
+        source: io::Error,
+    },
+    /// A host name had several addresses and none of them could be connected
+    /// to; the source lists each address and why it failed.
+    #[error("cannot connect to {host} port {port} at any of its addresses")]
+    ConnectAll {
+        /// The name as given.
+        host: String,
+        /// The port that was asked for.
+        port: u16,
+        /// Every address tried, in order, with its failure.
+        #[source]
+        attempts: ConnectAttempts,
+    },
 }
+
+/// The failed attempts behind [`NetError::ConnectAll`], in the order they were
+/// made: at least two, each a [`NetError::Connect`] or a [`NetError::Socket`].
+///
+/// As an error it reads `ADDR: reason; ADDR: reason`, and has no source of
+/// its own (its causes are several); [`ConnectAttempts::iter`] gives each
+/// attempt as a typed error, whose [`NetError::io_error`] can be matched.
+#[derive(Debug)]
+pub struct ConnectAttempts {
+    pub(crate) first: Box<NetError>,
+    pub(crate) rest: Vec<NetError>,
+}
+
+impl ConnectAttempts {
+    /// Each attempt's error, in the order the addresses were tried.
+    pub fn iter(&self) -> impl Iterator<Item = &NetError> {
+        std::iter::once(&*self.first).chain(&self.rest)
+    }
+
+    /// The last attempt's error.
+    #[must_use]
+    pub fn last(&self) -> &NetError {
+        self.rest.last().unwrap_or(&self.first)
+    }
+}
+
+impl std::fmt::Display for ConnectAttempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, attempt) in self.iter().enumerate() {
+            let separator = if i == 0 { "" } else { "; " };
+            match attempt {
+                NetError::Connect { addr, source } => write!(f, "{separator}{addr}: {source}")?,
+                other => write!(f, "{separator}{other}: {}", other.io_error())?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConnectAttempts {}
 
 /// What an accept loop should do after [`Listener::accept`](crate::Listener::accept)
 /// fails.
@@ -122,7 +184,8 @@ pub enum Recovery {
 }
 
 impl NetError {
-    /// The OS error behind this failure.
+    /// The OS error behind this failure; for [`NetError::ConnectAll`], the
+    /// last address's.
     #[must_use]
     pub fn io_error(&self) -> &io::Error {
         match self {
@@ -134,7 +197,9 @@ impl NetError {
             | Self::Mode { source, .. }
             | Self::Inherit { source }
             | Self::Resolve { source, .. }
-            | Self::Connect { source, .. } => source,
+            | Self::Connect { source, .. }
+            | Self::Reset { source, .. } => source,
+            Self::ConnectAll { attempts, .. } => attempts.last().io_error(),
         }
     }
 

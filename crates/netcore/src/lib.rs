@@ -29,7 +29,7 @@
 mod error;
 mod listener;
 
-pub use error::{NetError, Recovery};
+pub use error::{ConnectAttempts, NetError, Recovery};
 pub use listener::{DEFAULT_BACKLOG, Listener};
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -38,15 +38,25 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// Resolves `host` (an IPv4 or IPv6 literal, or a name) and connects to the
-/// first of its addresses that accepts, in the resolver's order.
+/// first of its addresses that accepts, in the resolver's order; returns the
+/// stream and the address it reached.
 ///
 /// With a `timeout`, each address gets at most that long to complete the
-/// handshake; without one, the kernel's own limit applies.
+/// handshake; without one, the kernel's own limit applies. An address whose
+/// peer resets the connection as soon as it is made ends the search: that
+/// server was reached, and said no.
 ///
 /// # Errors
-/// [`NetError::Resolve`] when the name cannot be resolved or resolves to nothing,
-/// otherwise the [`NetError::Connect`] of the last address tried.
-pub fn connect(host: &str, port: u16, timeout: Option<Duration>) -> Result<TcpStream, NetError> {
+/// [`NetError::Resolve`] when the name cannot be resolved or resolves to
+/// nothing; [`NetError::Reset`] when the connection was reset as soon as it was
+/// made; otherwise the [`NetError::Connect`] (or [`NetError::Socket`]) of the
+/// only address there was, or [`NetError::ConnectAll`] listing every address
+/// tried and why each failed.
+pub fn connect(
+    host: &str,
+    port: u16,
+    timeout: Option<Duration>,
+) -> Result<(TcpStream, SocketAddr), NetError> {
     // A bracketed IPv6 literal (`[::1]`) is accepted as well as a bare one.
     let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     let addrs = (bare, port).to_socket_addrs().map_err(|source| NetError::Resolve {
@@ -54,21 +64,43 @@ pub fn connect(host: &str, port: u16, timeout: Option<Duration>) -> Result<TcpSt
         port,
         source,
     })?;
-    let mut last = None;
+    connect_first(host, port, addrs, |addr| connect_addr(addr, timeout))
+}
+
+/// Tries `attempt` on each of `addrs` in turn, up to the first that connects
+/// or is reset, and sums up the failures: one address's own error, or every
+/// address's in a [`NetError::ConnectAll`] for `host` and `port`.
+fn connect_first(
+    host: &str,
+    port: u16,
+    addrs: impl IntoIterator<Item = SocketAddr>,
+    mut attempt: impl FnMut(SocketAddr) -> Result<TcpStream, NetError>,
+) -> Result<(TcpStream, SocketAddr), NetError> {
+    let mut failed = Vec::new();
     for addr in addrs {
-        match connect_addr(addr, timeout) {
-            Ok(stream) => return Ok(stream),
+        match attempt(addr) {
+            Ok(stream) => return Ok((stream, addr)),
+            Err(err @ NetError::Reset { .. }) => return Err(err),
             Err(err) => {
                 tracing::debug!(%addr, error = %err, "address failed, trying the next");
-                last = Some(err);
+                failed.push(err);
             }
         }
     }
-    Err(last.unwrap_or_else(|| NetError::Resolve {
-        host: host.to_owned(),
-        port,
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "name has no addresses"),
-    }))
+    let mut failed = failed.into_iter();
+    let Some(first) = failed.next() else {
+        return Err(NetError::Resolve {
+            host: host.to_owned(),
+            port,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "name has no addresses"),
+        });
+    };
+    let rest: Vec<_> = failed.collect();
+    if rest.is_empty() {
+        return Err(first);
+    }
+    let attempts = ConnectAttempts { first: Box::new(first), rest };
+    Err(NetError::ConnectAll { host: host.to_owned(), port, attempts })
 }
 
 /// `socket(2)` + `connect(2)` to one address, optionally bounded by `timeout`.
@@ -79,7 +111,8 @@ pub fn connect(host: &str, port: u16, timeout: Option<Duration>) -> Result<TcpSt
 ///
 /// # Errors
 /// [`NetError::Socket`] if no socket can be created, [`NetError::Connect`] if the
-/// connection is refused, unreachable or times out.
+/// connection is refused, unreachable or times out, [`NetError::Reset`] if the
+/// peer reset it before this call could return it (the handshake was done).
 pub fn connect_addr(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream, NetError> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|source| NetError::Socket { addr, source })?;
@@ -88,7 +121,12 @@ pub fn connect_addr(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpSt
         Some(limit) => socket.connect_timeout(&target, limit),
         None => socket.connect(&target),
     }
-    .map_err(|source| NetError::Connect { addr, source })?;
+    .map_err(|source| match source.kind() {
+        // Only an established connection can be reset; a port nobody listens
+        // on answers the handshake with a refusal instead.
+        std::io::ErrorKind::ConnectionReset => NetError::Reset { addr, source },
+        _ => NetError::Connect { addr, source },
+    })?;
     tracing::debug!(%addr, "connected");
     Ok(socket.into())
 }

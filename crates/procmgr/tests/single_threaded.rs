@@ -111,19 +111,36 @@ fn wait_until_zombie(pid: ChildPid) {
 
 fn coalesced_exits_are_all_reaped(signals: &Signals) {
     let mut children = Children::new();
-    for code in 0..20 {
-        children.insert(procmgr::fork_child(move || code).unwrap(), code);
-    }
-    let reaped = reap_n(signals, &mut children, 20);
-    let mut codes: Vec<_> = reaped
-        .iter()
-        .map(|r| {
-            assert_eq!(r.exit, ChildExit::Exited(r.info.unwrap()));
-            r.info.unwrap()
+    let mut pids: Vec<ChildPid> = (0..20)
+        .map(|code| {
+            let pid = procmgr::fork_child(move || code).unwrap();
+            children.insert(pid, code);
+            pid
         })
         .collect();
-    codes.sort_unstable();
-    assert_eq!(codes, (0..20).collect::<Vec<_>>());
+    // Every child has exited before the parent looks: twenty exits, and the
+    // kernel keeps one SIGCHLD pending, not twenty.
+    for &pid in &pids {
+        wait_until_zombie(pid);
+    }
+    let wakeup = signals.wait(&[], Some(Duration::ZERO)).unwrap();
+    assert!(wakeup.signaled, "twenty exits and no SIGCHLD");
+    let mut wakeups = 0;
+    while let Some(signal) = signals.next().unwrap() {
+        assert_eq!(signal, Signal::CHLD);
+        wakeups += 1;
+    }
+    assert_eq!(wakeups, 1, "standard signals coalesce");
+    // So one wake-up must be enough: a single reap_ready pass collects all.
+    let mut reaped: Vec<_> = children.reap_ready().map(Result::unwrap).collect();
+    assert_eq!(reaped.len(), 20, "one pass reaped only {reaped:?}");
+    for child in &reaped {
+        assert_eq!(child.exit, ChildExit::Exited(child.info.unwrap()), "{child:?}");
+    }
+    reaped.sort_by_key(|child| child.pid);
+    pids.sort();
+    assert_eq!(reaped.iter().map(|child| child.pid).collect::<Vec<_>>(), pids);
+    assert!(children.is_empty());
     assert!(children.reap().unwrap().is_none(), "no zombie may outlive a reap cycle");
 }
 
