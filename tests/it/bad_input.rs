@@ -21,6 +21,11 @@ fn server_usage_errors_exit_2() {
         (&["7000", "--grace", "-3"], "unexpected argument"),
         (&["7000", "--grace", "NaN"], "is not a number of seconds"),
         (&["7000", "extra"], "unexpected argument 'extra'"),
+        (&["0", "--bind", "::ffff:127.0.0.1"], "IPv4-mapped IPv6 address"),
+        (&["0", "--bind", "::ffff:127.0.0.1"], "use --bind 127.0.0.1"),
+        (&["0", "--bind", "fe80::1"], "is link-local: name its interface"),
+        (&["0", "--bind", "fe80::1%no-such-if"], "no network interface named 'no-such-if'"),
+        (&["0", "--idle-timeout", "0.0001"], "under a millisecond; 0 means never"),
     ] {
         let done = Server::run(&[], args, TIMEOUT).unwrap();
         done.expect_error(2, &[needle]).unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -162,4 +167,17 @@ fn a_quiet_server_says_where_it_listens_and_nothing_else() {
     let counters = "forkserve::counters";
     assert!(log[1..].iter().all(|line| line.contains(counters)), "{log:?}");
     assert!(log.iter().any(|line| line.contains("exiting: served 1;")), "{log:?}");
+}
+
+#[test]
+fn a_link_local_address_with_its_zone_is_taken_as_given() {
+    if !crate::ipv6_or_skip() {
+        return;
+    }
+    // fe80::1 on the loopback interface (index 1): parsed, and handed to the
+    // kernel with its zone; no such address exists there, so nothing binds
+    // and no packet is ever sent.
+    let done = Server::run(&[], &["0", "--bind", "fe80::1%lo"], TIMEOUT).unwrap();
+    done.expect_error(1, &["error: cannot bind [fe80::1%1]:0: Cannot assign requested address"])
+        .unwrap();
 }

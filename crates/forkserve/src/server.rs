@@ -75,8 +75,11 @@ impl Server {
         let signals = Self::signals()?;
         let mut listeners: Vec<Listener> = Vec::with_capacity(addrs.len());
         for &addr in addrs {
-            let port = listeners.first().map_or(addr.port(), |first| first.local_addr().port());
-            let addr = SocketAddr::new(addr.ip(), port);
+            // `set_port`, not a new address: an IPv6 zone must survive.
+            let mut addr = addr;
+            if let Some(first) = listeners.first() {
+                addr.set_port(first.local_addr().port());
+            }
             listeners.push(Listener::bind(addr, backlog).map_err(ServeError::Listen)?);
         }
         Ok(Self::with(listeners, signals))

@@ -7,15 +7,18 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod addr;
 mod conn;
 mod log;
 
 use std::error::Error;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+
+use crate::addr::BindAddr;
 
 /// The port used when none is given: unprivileged, so no root is needed.
 const DEFAULT_PORT: u16 = 7000;
@@ -32,12 +35,13 @@ struct Args {
     #[arg(default_value_t = DEFAULT_PORT)]
     port: u16,
 
-    /// Local address to listen on: IPv4 or IPv6 (an IPv6 listener is v6-only).
-    /// Repeat it to listen on several, all on the same port, for instance
+    /// Local address to listen on: IPv4 or IPv6 (an IPv6 listener is v6-only;
+    /// a link-local one needs its interface, as in fe80::1%eth0). Repeat it to
+    /// listen on several, all on the same port, for instance
     /// `--bind 0.0.0.0 --bind ::` for every IPv4 and IPv6 address.
-    #[arg(short, long, value_name = "ADDR", default_values_t = [IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
-          value_parser = parse_ip)]
-    bind: Vec<IpAddr>,
+    #[arg(short, long, value_name = "ADDR", default_values_t = [BindAddr::ANY_V4],
+          value_parser = BindAddr::parse)]
+    bind: Vec<BindAddr>,
 
     /// Length of the kernel's queue of connections waiting to be accepted.
     #[arg(long, value_name = "N", default_value_t = forkserve::DEFAULT_BACKLOG,
@@ -57,7 +61,7 @@ struct Args {
 
     /// Close a connection whose peer sends nothing, or takes none of the echo,
     /// for this long; 0 never does.
-    #[arg(long, value_name = "SECS", default_value_t = 300.0, value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 300.0, value_parser = parse_timeout)]
     idle_timeout: f64,
 
     /// Refuse, without forking, a client whose address already has N
@@ -89,10 +93,13 @@ struct Args {
     quiet: bool,
 }
 
-/// An IP address, with or without the brackets of an IPv6 literal.
-fn parse_ip(text: &str) -> Result<IpAddr, String> {
-    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
-    bare.parse().map_err(|_| format!("'{text}' is not an IPv4 or IPv6 address"))
+/// A timeout: 0 (never), or at least a millisecond, so that a tiny value is
+/// never silently taken for "never" or for a timeout no client can meet.
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    match parse_secs(text)? {
+        secs if secs == 0.0 || secs >= 0.001 => Ok(secs),
+        _ => Err(format!("'{text}' is under a millisecond; 0 means never")),
+    }
 }
 
 /// A non-negative, finite number of seconds.
@@ -126,8 +133,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     // Binding blocks the signals the loop reads first, long before the first
     // fork: a child that exits at once cannot be missed, and a Ctrl-C during
     // start-up becomes a clean exit.
-    let addrs: Vec<SocketAddr> =
-        args.bind.iter().map(|&ip| SocketAddr::new(ip, args.port)).collect();
+    let addrs: Vec<SocketAddr> = args.bind.iter().map(|addr| addr.with_port(args.port)).collect();
     let idle_timeout = Some(Duration::from_secs_f64(args.idle_timeout)).filter(|t| !t.is_zero());
     let server = forkserve::Server::bind(&addrs, args.backlog)?
         .max_children(usize::try_from(args.max_children)?)
