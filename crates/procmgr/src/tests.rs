@@ -349,3 +349,19 @@ fn the_close_list_finds_inheritable_descriptors_and_closes_only_its_own() {
     // The parent's descriptors are untouched.
     assert!(is_open(leaked_fd) && is_open(added_fd));
 }
+
+#[test]
+fn signal_each_counts_the_signalled_and_lists_the_failures() {
+    let _guard = lock();
+    let mut children = Children::new();
+    let live = spawn_pausing();
+    children.insert(live, "live");
+    // A pid no process has (beyond pid_max): kill(2) says ESRCH, which means
+    // reaped behind the registry's back: neither sent nor an error.
+    children.insert(ChildPid::from_raw(i32::MAX).unwrap(), "gone");
+    let signalled = children.signal_each(Signal::TERM);
+    assert_eq!((signalled.sent, signalled.errors.len()), (1, 0));
+    assert_eq!(reap_until(&mut children, live).exit.to_string(), "killed by signal 15 (SIGTERM)");
+    // (The EPERM path, a child that may not be signalled, cannot happen to
+    // root, which these tests run as in CI.)
+}
