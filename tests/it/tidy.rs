@@ -87,6 +87,8 @@ const LIBRARY_FORBIDDEN: &[&str] = &[
     "fmt().init",
     "process::exit",
     "libc::exit",
+    "process::abort",
+    "stderr()",
 ];
 
 /// The directories whose `.rs` files must comment every `unsafe` block.
