@@ -1,5 +1,6 @@
-//! Logging under pressure: a stalled log reader never stalls the server, and
-//! no `RUST_LOG` value can hide the `listening on` line.
+//! Logging under pressure: a stalled log reader never stalls the server, no
+//! `RUST_LOG` value can hide the `listening on` line, and nothing a client
+//! can cause fills a quiet log with warnings.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -180,4 +181,47 @@ fn an_invalid_rust_log_gets_a_warning_and_the_default_level() {
     let warning = log.iter().find(|line| line.contains("ignoring RUST_LOG")).cloned();
     let warning = warning.unwrap_or_else(|| panic!("no warning: {log:?}"));
     assert!(warning.contains("WARN") && warning.contains("info,forkserve=loud"), "{warning}");
+}
+
+/// A connection from 127.0.0.1 that is reset (RST, not FIN) after one echo.
+fn reset_after_echo(addr: SocketAddr) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(b"x").unwrap();
+    stream.read_exact(&mut [0; 1]).unwrap();
+    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+}
+
+#[test]
+fn what_a_client_can_cause_is_no_warning() {
+    // Resets and a flapping child limit: a remote client can cause both at
+    // will, so a quiet log must not fill up with them.
+    let server = crate::server("127.0.0.1", &["-q", "--max-children", "1"]);
+    for _ in 0..5 {
+        reset_after_echo(server.addr());
+        server.wait_for_children(0, TIMEOUT).unwrap();
+    }
+    for _ in 0..5 {
+        // Two at once: the second waits for the first, so the limit is
+        // reached and cleared each time.
+        let mut first = TcpStream::connect(server.addr()).unwrap();
+        let mut second = TcpStream::connect(server.addr()).unwrap();
+        for stream in [&mut first, &mut second] {
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        }
+        first.write_all(b"1").unwrap();
+        first.read_exact(&mut [0; 1]).unwrap();
+        second.write_all(b"2").unwrap();
+        drop(first);
+        second.read_exact(&mut [0; 1]).unwrap();
+        drop(second);
+        server.wait_for_children(0, TIMEOUT).unwrap();
+    }
+    let log = server.log();
+    let warnings: Vec<&String> = log.iter().filter(|line| line.contains("WARN")).collect();
+    // At most the first "child limit reached" of its ten-second window.
+    assert!(
+        warnings.len() <= 1 && warnings.iter().all(|w| w.contains("child limit reached")),
+        "{warnings:#?}"
+    );
 }

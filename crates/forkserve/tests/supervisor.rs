@@ -44,7 +44,7 @@ fn main() {
         return;
     }
     type Scenario = (&'static str, fn());
-    let scenarios: [Scenario; 12] = [
+    let scenarios: [Scenario; 13] = [
         ("one connection: listening, accepted, reaped, shutdown, finished", one_connection),
         ("a refused connection is closed unserved; release frees the slot", refuse_and_release),
         ("a deferred connection is held, asked again, then served", deferred_then_served),
@@ -57,6 +57,7 @@ fn main() {
         ("a panicking child exits 101 and serving goes on", panicking_work),
         ("HUP, USR1 and USR2 are reported, not fatal", other_signals_are_reported),
         ("a descriptor the program opened stays open in children", own_descriptor_is_kept),
+        ("an idle timeout of zero means none", zero_idle_timeout_means_none),
     ];
     assert_eq!(procmgr::thread_count().unwrap(), 1, "this target must stay single-threaded");
     for (name, scenario) in scenarios {
@@ -145,6 +146,28 @@ fn own_descriptor_is_kept() {
     }
     let expected = format!("child saw {peer} -> {}\n", server.addr);
     assert_eq!(String::from_utf8(line).unwrap(), expected);
+    server.signal(Signal::TERM);
+    server.expect(Ev::ShutdownStarted { signal: Signal::TERM, children: 0, grace: GRACE });
+    server.expect(Ev::Finished);
+    server.finish();
+}
+
+/// `idle_timeout(Some(ZERO))` is "no timeout", not a zero `SO_RCVTIMEO`
+/// (which the socket refuses, so every child would fail its set-up).
+fn zero_idle_timeout_means_none() {
+    let mut server = Running::start(
+        |s| s.idle_timeout(Some(Duration::ZERO)),
+        |mut conn| echo(&mut conn.stream, 0),
+    );
+    let mut client = connect(server.addr);
+    let peer = client.local_addr().unwrap();
+    let pid = server.expect_accepted(peer);
+    client.write_all(b"zero").unwrap();
+    let mut buf = [0; 4];
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"zero");
+    drop(client);
+    server.expect(Ev::Reaped { pid, peer: Some(peer), exit: ChildExit::Exited(0) });
     server.signal(Signal::TERM);
     server.expect(Ev::ShutdownStarted { signal: Signal::TERM, children: 0, grace: GRACE });
     server.expect(Ev::Finished);
