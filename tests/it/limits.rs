@@ -10,20 +10,7 @@ use std::time::Duration;
 use integration_tests::process::Running;
 use integration_tests::{Server, TIMEOUT, procfs};
 
-use crate::{as_nobody, ipv6_or_skip, server, tool_or_skip};
-
-fn connect(server: &Server) -> TcpStream {
-    let stream = TcpStream::connect(server.addr()).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream
-}
-
-fn echo(stream: &mut TcpStream, message: &[u8]) {
-    stream.write_all(message).unwrap();
-    let mut reply = vec![0; message.len()];
-    stream.read_exact(&mut reply).unwrap();
-    assert_eq!(reply, message);
-}
+use crate::{as_nobody, connect, echo, ipv6_or_skip, server, tool_or_skip};
 
 /// Sets a resource limit of a running process with prlimit(1).
 fn prlimit(pid: i32, limit: &str) {

@@ -2,89 +2,14 @@
 //! `RUST_LOG` value can hide the `listening on` line, and nothing a client
 //! can cause fills a quiet log with warnings.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, ChildStderr, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::process::Running;
-use integration_tests::{TIMEOUT, procfs, wait_until};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
-/// A server whose standard error is a pipe this test reads only when it
-/// chooses; killed with its children when dropped.
-struct Unread {
-    child: Child,
-    addr: SocketAddr,
-    /// The read end of the server's stderr, not read until [`Unread::drain`].
-    stderr: Option<BufReader<ChildStderr>>,
-}
-
-impl Unread {
-    /// Starts `echo-server 0 --bind 127.0.0.1 -v` and reads its stderr up to
-    /// the `listening on` line, then stops reading.
-    fn start() -> Self {
-        let mut child = Command::new(integration_tests::binary("echo-server").unwrap())
-            .args(["0", "--bind", "127.0.0.1", "-v"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        // Read on a thread, so the wait is bounded; the reader comes back
-        // (still open: closing it would turn a full pipe into EPIPE).
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut stderr = stderr;
-            let mut line = String::new();
-            while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
-                if let Some((_, rest)) = line.split_once("listening on ") {
-                    let addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-                    let _ = sender.send((addr, stderr));
-                    return;
-                }
-                line.clear();
-            }
-        });
-        let (addr, stderr) = receiver.recv_timeout(TIMEOUT).expect("no 'listening on' line");
-        Self { child, addr: addr.expect("no address in the line"), stderr: Some(stderr) }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap()
-    }
-
-    /// Reads the server's stderr from now on, on a thread; returns what has
-    /// been read so far, shared.
-    fn drain(&mut self) -> Arc<Mutex<String>> {
-        let text = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&text);
-        let mut stderr = self.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = vec![0; 64 * 1024];
-            while let Ok(n @ 1..) = stderr.read(&mut buf) {
-                let chunk = String::from_utf8_lossy(&buf[..n]).into_owned();
-                sink.lock().unwrap_or_else(PoisonError::into_inner).push_str(&chunk);
-            }
-        });
-        text
-    }
-}
-
-impl Drop for Unread {
-    fn drop(&mut self) {
-        for child in procfs::children_of(self.pid()) {
-            let _ = kill(Pid::from_raw(child.pid), Signal::SIGKILL);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use integration_tests::{Stalled, TIMEOUT, procfs, wait_until};
+use nix::sys::signal::Signal;
 
 /// One short connection: send, read the echo back, close.
 fn echo_once(addr: SocketAddr, i: usize) -> Result<(), String> {
@@ -99,11 +24,11 @@ fn echo_once(addr: SocketAddr, i: usize) -> Result<(), String> {
 
 #[test]
 fn a_log_reader_that_stalls_never_stalls_the_server() {
-    let mut server = Unread::start();
+    let mut server = Stalled::start().unwrap();
     // With -v each connection logs several lines: 400 of them are far more
     // than the 64 KiB a pipe holds, and nobody reads it.
     for i in 0..400 {
-        echo_once(server.addr, i).unwrap();
+        echo_once(server.addr(), i).unwrap();
     }
     // Reaping went on too: no child left, no zombie.
     wait_until(TIMEOUT, "every child reaped", || {
@@ -114,40 +39,33 @@ fn a_log_reader_that_stalls_never_stalls_the_server() {
     // Once the reader drains the pipe, the server says how many lines it lost,
     // before its next line. SIGUSR2 makes it log one; it is sent again until
     // a line gets through (the first may come before the pipe has room).
-    let log = server.drain();
+    server.drain();
     wait_until(TIMEOUT, "the server to log again", || {
-        kill(Pid::from_raw(server.pid()), Signal::SIGUSR2).unwrap();
+        server.signal(Signal::SIGUSR2).unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        let log = log.lock().unwrap_or_else(PoisonError::into_inner);
-        log.contains("received SIGUSR2").then_some(())
+        (!server.lines_with("received SIGUSR2").is_empty()).then_some(())
     })
     .unwrap();
-    let text = log.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let text = server.drained();
     let note = text.find("log line(s) dropped: standard error was not being read");
     let usr2 = text.find("received SIGUSR2");
     assert!(note.is_some_and(|note| Some(note) < usr2), "no count before the next line:\n{text}");
     // A new child logs normally (its lines fit now).
-    echo_once(server.addr, 400).unwrap();
+    echo_once(server.addr(), 400).unwrap();
 
     // SIGUSR1's counters include the lines lost so far.
-    kill(Pid::from_raw(server.pid()), Signal::SIGUSR1).unwrap();
-    let total = wait_until(TIMEOUT, "the dropped-lines counter", || {
-        let log = log.lock().unwrap_or_else(PoisonError::into_inner);
-        let (_, rest) = log.split_once("log lines dropped: ")?;
-        rest.split_whitespace().next()?.parse::<u64>().ok()
-    })
-    .unwrap();
+    server.signal(Signal::SIGUSR1).unwrap();
+    let line = server.wait_for("log lines dropped: ", 1).unwrap().remove(0);
+    let (_, count) = line.split_once("log lines dropped: ").unwrap();
+    let total: u64 = count.trim().parse().unwrap();
     assert!(total > 0, "lines were dropped, the counter says {total}");
     // Said once, by the parent: a child forked later starts its own count
     // (it must not report the parent's losses again).
-    let log = log.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    let notes = log.matches("log line(s) dropped").count();
-    assert_eq!(notes, 1, "the losses were reported {notes} times:\n{log}");
+    let notes = server.lines_with("log line(s) dropped");
+    assert_eq!(notes.len(), 1, "the losses were reported {} times: {notes:#?}", notes.len());
 
     // And it still shuts down on request.
-    kill(Pid::from_raw(server.pid()), Signal::SIGTERM).unwrap();
-    let status =
-        wait_until(TIMEOUT, "the server to exit", || server.child.try_wait().ok()?).unwrap();
+    let status = server.terminate(TIMEOUT).unwrap();
     assert!(status.success(), "{status}");
 }
 

@@ -40,6 +40,23 @@ fn ipv6_or_skip() -> bool {
     available
 }
 
+/// A connection to `server`, reads bounded by the harness's timeout.
+fn connect(server: &Server) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(integration_tests::TIMEOUT)).unwrap();
+    stream
+}
+
+/// Sends `message` and expects it back, byte for byte: the connection is
+/// served.
+fn echo(stream: &mut std::net::TcpStream, message: &[u8]) {
+    use std::io::{Read, Write};
+    stream.write_all(message).unwrap();
+    let mut reply = vec![0; message.len()];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, message);
+}
+
 /// Starts a server on `ip` with `args`, panicking with the reason on failure.
 fn server(ip: &str, args: &[&str]) -> Server {
     Server::start(ip, args).unwrap_or_else(|e| panic!("cannot start a server on {ip}: {e}"))

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use integration_tests::{Server, TIMEOUT};
 use socket2::{Domain, Socket, Type};
 
-use crate::{loopbacks, server};
+use crate::{echo, loopbacks, server};
 
 /// Connects to `server` from the local address `from` (port chosen by the
 /// kernel).
@@ -20,14 +20,6 @@ fn connect_from(server: &Server, from: &str) -> TcpStream {
     let stream = TcpStream::from(socket);
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     stream
-}
-
-/// Sends `message` and expects it back: the connection is served.
-fn assert_served(stream: &mut TcpStream, message: &[u8]) {
-    stream.write_all(message).unwrap();
-    let mut reply = vec![0; message.len()];
-    stream.read_exact(&mut reply).unwrap();
-    assert_eq!(reply, message);
 }
 
 /// Expects the server to close the connection without echoing anything.
@@ -47,8 +39,8 @@ fn max_per_ip_refuses_one_address_too_many_and_spares_the_others() {
     let server = server("127.0.0.1", &["--max-per-ip", "2"]);
     let mut first = connect_from(&server, "127.0.0.2");
     let mut second = connect_from(&server, "127.0.0.2");
-    assert_served(&mut first, b"one");
-    assert_served(&mut second, b"two");
+    echo(&mut first, b"one");
+    echo(&mut second, b"two");
 
     let mut third = connect_from(&server, "127.0.0.2");
     assert_refused(&mut third);
@@ -60,14 +52,14 @@ fn max_per_ip_refuses_one_address_too_many_and_spares_the_others() {
 
     // Another address is unaffected.
     let mut other = connect_from(&server, "127.0.0.3");
-    assert_served(&mut other, b"other host");
+    echo(&mut other, b"other host");
 
     // When one of the two leaves, the address gets its slot back.
     let gone = format!("peer={}", first.local_addr().unwrap());
     drop(first);
     server.wait_for_log(&["child exited with status 0", &gone], 1, TIMEOUT).unwrap();
     let mut again = connect_from(&server, "127.0.0.2");
-    assert_served(&mut again, b"again");
+    echo(&mut again, b"again");
 }
 
 #[test]
@@ -75,7 +67,7 @@ fn max_per_ip_counts_ipv6_clients_too() {
     let Some(ip) = loopbacks().into_iter().find(|ip| ip.contains(':')) else { return };
     let server = server(ip, &["--max-per-ip", "1"]);
     let mut first = connect_from(&server, ip);
-    assert_served(&mut first, b"v6");
+    echo(&mut first, b"v6");
     let mut second = connect_from(&server, ip);
     assert_refused(&mut second);
     server.wait_for_log(&["too many connections from this address"], 1, TIMEOUT).unwrap();
@@ -92,15 +84,15 @@ fn deny_and_allow_refuse_by_prefix_the_most_specific_deciding() {
     server
         .wait_for_log(&["refused a connection", "denied by the access rules", &peer], 1, TIMEOUT)
         .unwrap();
-    assert_served(&mut connect_from(&server, "127.0.0.1"), b"allowed");
-    assert_served(&mut connect_from(&server, "127.0.0.3"), b"allowed too");
+    echo(&mut connect_from(&server, "127.0.0.1"), b"allowed");
+    echo(&mut connect_from(&server, "127.0.0.3"), b"allowed too");
 }
 
 #[test]
 fn allow_alone_refuses_everyone_else() {
     let server = server("127.0.0.1", &["--allow", "127.0.0.4"]);
     assert_refused(&mut connect_from(&server, "127.0.0.1"));
-    assert_served(&mut connect_from(&server, "127.0.0.4"), b"the only one");
+    echo(&mut connect_from(&server, "127.0.0.4"), b"the only one");
 }
 
 #[test]
@@ -116,7 +108,7 @@ fn max_rate_holds_clients_in_the_backlog_and_serves_them_all() {
     let server = server("127.0.0.1", &["--max-rate", "1"]);
     let mut clients: Vec<TcpStream> = (0..4).map(|_| connect_from(&server, "127.0.0.1")).collect();
     for (i, client) in clients.iter_mut().enumerate() {
-        assert_served(client, format!("client {i}").as_bytes());
+        echo(client, format!("client {i}").as_bytes());
     }
     server.wait_for_log(&["admission deferred; holding the connection"], 1, TIMEOUT).unwrap();
     let log = server.log().join("\n");

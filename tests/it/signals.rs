@@ -2,13 +2,12 @@
 //! server, each is logged, SIGUSR1 logs the counters, SIGQUIT shuts down at
 //! once, and a signal the launcher ignored stays ignored.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use integration_tests::{Server, TIMEOUT};
 use nix::sys::signal::Signal;
 
-use crate::server;
+use crate::{echo, server};
 
 /// A connection that has been echoed once, still open.
 fn served(server: &Server) -> TcpStream {
@@ -16,13 +15,6 @@ fn served(server: &Server) -> TcpStream {
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     echo(&mut stream, b"first");
     stream
-}
-
-fn echo(stream: &mut TcpStream, message: &[u8]) {
-    stream.write_all(message).unwrap();
-    let mut reply = vec![0; message.len()];
-    stream.read_exact(&mut reply).unwrap();
-    assert_eq!(reply, message);
 }
 
 /// Sends signal number `signo` (real-time ones included) to `pid`.

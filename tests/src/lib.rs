@@ -14,6 +14,7 @@ pub mod client;
 pub mod process;
 pub mod procfs;
 pub mod server;
+pub mod stalled;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 pub use client::Client;
 pub use process::{Finished, run_to_end};
 pub use server::Server;
+pub use stalled::Stalled;
 
 /// The default bound on any single wait in the harness.
 pub const TIMEOUT: Duration = Duration::from_secs(15);

@@ -24,7 +24,6 @@ mod client;
 mod counters;
 mod monitor;
 mod report;
-mod stalled;
 
 use std::path::Path;
 use std::process::ExitStatus;
@@ -39,9 +38,9 @@ use nix::unistd::Pid;
 
 use client::Tally;
 use counters::Counters;
+use integration_tests::Stalled;
 use monitor::{Footprint, Monitor, Watch};
 use report::{Footprints, Row};
-use stalled::Stalled;
 
 /// The usage line.
 pub(crate) const USAGE: &str = "usage: cargo xtask stress [--quick]";

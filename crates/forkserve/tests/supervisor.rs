@@ -109,14 +109,8 @@ fn other_signals_are_reported() {
     assert_eq!(&buf, b"still here");
     drop(client);
     server.expect(Ev::Reaped { pid, peer: Some(peer), exit: ChildExit::Exited(0) });
-    server.signal(Signal::TERM);
-    server.expect(Ev::ShutdownStarted { signal: Signal::TERM, children: 0, grace: GRACE });
-    server.expect(Ev::Finished);
-    server.finish();
+    server.stop_idle();
 }
-
-/// The server's default grace period.
-const GRACE: Duration = Duration::from_secs(5);
 
 /// A descriptor the program opened itself (close-on-exec, as Rust opens them
 /// all) is not closed in children: the work can use what it captured, and the
@@ -146,10 +140,7 @@ fn own_descriptor_is_kept() {
     }
     let expected = format!("child saw {peer} -> {}\n", server.addr);
     assert_eq!(String::from_utf8(line).unwrap(), expected);
-    server.signal(Signal::TERM);
-    server.expect(Ev::ShutdownStarted { signal: Signal::TERM, children: 0, grace: GRACE });
-    server.expect(Ev::Finished);
-    server.finish();
+    server.stop_idle();
 }
 
 /// `idle_timeout(Some(ZERO))` is "no timeout", not a zero `SO_RCVTIMEO`
@@ -168,10 +159,7 @@ fn zero_idle_timeout_means_none() {
     assert_eq!(&buf, b"zero");
     drop(client);
     server.expect(Ev::Reaped { pid, peer: Some(peer), exit: ChildExit::Exited(0) });
-    server.signal(Signal::TERM);
-    server.expect(Ev::ShutdownStarted { signal: Signal::TERM, children: 0, grace: GRACE });
-    server.expect(Ev::Finished);
-    server.finish();
+    server.stop_idle();
 }
 
 /// The policy's reason for refusing a second connection from one address.

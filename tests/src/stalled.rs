@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use integration_tests::{TIMEOUT, procfs, wait_until};
+use crate::{TIMEOUT, procfs, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// The server, killed with its children (by pid) when dropped.
 #[derive(Debug)]
-pub(super) struct Stalled {
+pub struct Stalled {
     child: Child,
     addr: SocketAddr,
     /// The read end of its stderr, not read until [`Stalled::drain`].
@@ -33,8 +33,8 @@ impl Stalled {
     ///
     /// # Errors
     /// When it cannot be built or started, or does not say where it listens.
-    pub(super) fn start() -> Result<Self, String> {
-        let mut child = Command::new(integration_tests::binary("echo-server")?)
+    pub fn start() -> Result<Self, String> {
+        let mut child = Command::new(crate::binary("echo-server")?)
             .args(["0", "--bind", "127.0.0.1", "-v"])
             .env_remove("RUST_LOG")
             .process_group(0)
@@ -75,17 +75,19 @@ impl Stalled {
     }
 
     /// Its pid.
-    pub(super) fn pid(&self) -> i32 {
+    #[must_use]
+    pub fn pid(&self) -> i32 {
         i32::try_from(self.child.id()).unwrap_or(i32::MAX)
     }
 
     /// Where it listens.
-    pub(super) fn addr(&self) -> SocketAddr {
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Starts reading its stderr, on a thread, to the end.
-    pub(super) fn drain(&mut self) {
+    pub fn drain(&mut self) {
         let Some(mut stderr) = self.stderr.take() else { return };
         let sink = Arc::clone(&self.drained);
         self.reader = Some(std::thread::spawn(move || {
@@ -97,8 +99,15 @@ impl Stalled {
         }));
     }
 
+    /// Everything read since [`Stalled::drain`].
+    #[must_use]
+    pub fn drained(&self) -> String {
+        self.drained.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// The lines read since [`Stalled::drain`] that contain `needle`.
-    pub(super) fn lines_with(&self, needle: &str) -> Vec<String> {
+    #[must_use]
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
         let text = self.drained.lock().unwrap_or_else(PoisonError::into_inner);
         text.lines().filter(|line| line.contains(needle)).map(str::to_owned).collect()
     }
@@ -107,7 +116,7 @@ impl Stalled {
     ///
     /// # Errors
     /// On timeout.
-    pub(super) fn wait_for(&self, needle: &str, count: usize) -> Result<Vec<String>, String> {
+    pub fn wait_for(&self, needle: &str, count: usize) -> Result<Vec<String>, String> {
         wait_until(TIMEOUT, &format!("{count} line(s) with {needle:?} in the drained log"), || {
             let lines = self.lines_with(needle);
             (lines.len() >= count).then_some(lines)
@@ -118,7 +127,7 @@ impl Stalled {
     ///
     /// # Errors
     /// When `kill(2)` fails.
-    pub(super) fn signal(&self, signal: Signal) -> Result<(), String> {
+    pub fn signal(&self, signal: Signal) -> Result<(), String> {
         kill(Pid::from_raw(self.pid()), signal).map_err(|e| format!("kill {}: {e}", self.pid()))
     }
 
@@ -127,7 +136,7 @@ impl Stalled {
     ///
     /// # Errors
     /// When it is still running after `timeout`.
-    pub(super) fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
         self.signal(Signal::SIGTERM)?;
         let status = wait_until(timeout, "the stalled server to exit", || {
             self.child.try_wait().ok().flatten()
