@@ -3,6 +3,7 @@
 //! load and prints a table; `cargo xtask ci` runs the whole gate.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench;
 mod stress;
 
 use std::process::{Command, ExitCode};
@@ -19,7 +20,14 @@ commands:
         the real server under load, a few minutes (--quick: under one):
         churn with resets, held connections, slow and idle clients, a
         connect flood with latency probes, a stalled log reader, signals;
-        a table on stdout and in target/stress.md";
+        a table on stdout and in target/stress.md
+  bench [--quick]
+        echo-server against a C textbook fork-per-connection server (and
+        socat, tcpserver when installed), servers interleaved round by
+        round: connection rate, latency, ping-pong, bulk, memory per held
+        child; plus limits (no-fork server, fork rate, iperf3); medians
+        with ratios on stdout, target/bench.md and target/bench.json;
+        under 10 minutes (--quick: under 2)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +35,7 @@ fn main() -> ExitCode {
         Some("e2e") => e2e(),
         Some("ci") => ci(),
         Some("stress") => stress::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             true
