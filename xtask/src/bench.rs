@@ -51,7 +51,9 @@ use serde_json::json;
 
 use load::Pattern;
 use report::{Column, Limit, Metric, Status, Unit, number};
-use servers::{Binaries, REFERENCE, SERVERS, Started, Watchdog};
+use servers::{Binaries, REFERENCE, SERVERS, Started};
+
+use crate::watchdog::Watchdog;
 use stats::Percentiles;
 
 /// The usage line.
@@ -196,7 +198,7 @@ pub(crate) fn run(args: &[String]) -> bool {
             return false;
         }
     };
-    let _watchdog = Watchdog::start(scale.limit);
+    let _watchdog = Watchdog::start("bench", scale.limit);
     let started = Instant::now();
     let mut bench = Bench::new(scale);
     let outcome = bench.run_all();

@@ -4,7 +4,9 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod rng;
 mod stress;
+mod watchdog;
 
 use std::process::{Command, ExitCode};
 

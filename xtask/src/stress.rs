@@ -28,7 +28,6 @@ mod report;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use integration_tests::{Server, TIMEOUT, procfs, wait_until};
@@ -39,6 +38,8 @@ use nix::unistd::Pid;
 use client::Tally;
 use counters::Counters;
 use integration_tests::Stalled;
+
+use crate::watchdog::{Watchdog, unwatch, watch};
 use monitor::{Footprint, Monitor, Watch};
 use report::{Footprints, Row};
 
@@ -127,7 +128,7 @@ pub(crate) fn run(args: &[String]) -> bool {
             return false;
         }
     };
-    let _watchdog = Watchdog::start(scale.limit);
+    let _watchdog = Watchdog::start("stress", scale.limit);
     let mut run = Run::new(scale);
     let started = Instant::now();
     if let Err(e) = run.all_phases() {
@@ -823,60 +824,4 @@ fn raise_nofile() -> Result<(u64, u64), String> {
             .map_err(|e| format!("setrlimit(NOFILE, {hard}): {e}"))?;
     }
     Ok((soft, hard))
-}
-
-/// The servers the watchdog kills if the run hangs: pid and start time.
-static WATCHED: Mutex<Vec<(i32, Option<u64>)>> = Mutex::new(Vec::new());
-
-/// Puts a server under the watchdog.
-fn watch(pid: i32) {
-    WATCHED.lock().unwrap_or_else(PoisonError::into_inner).push((pid, procfs::start_time(pid)));
-}
-
-/// Takes a server that has ended away from the watchdog.
-fn unwatch(pid: i32) {
-    WATCHED.lock().unwrap_or_else(PoisonError::into_inner).retain(|&(p, _)| p != pid);
-}
-
-/// Ends the process if the run outlives its bound: every bound inside it
-/// failed to hold, so it is hung. The servers (in process groups of their
-/// own, which no Ctrl-C reaches) are killed with their children first.
-#[derive(Debug)]
-struct Watchdog {
-    done: Arc<AtomicBool>,
-}
-
-impl Watchdog {
-    /// Arms it for `limit` from now; disarmed when dropped.
-    fn start(limit: Duration) -> Self {
-        let done = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&done);
-        let deadline = Instant::now() + limit;
-        std::thread::spawn(move || {
-            while Instant::now() < deadline {
-                if flag.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            eprintln!("stress: still running after {limit:?}: hung; killing the servers");
-            let watched = WATCHED.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            for (pid, started) in watched {
-                if started.is_some() && procfs::start_time(pid) == started {
-                    for child in procfs::children_of(pid) {
-                        let _ = kill(Pid::from_raw(child.pid), Signal::SIGKILL);
-                    }
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-            }
-            std::process::exit(1);
-        });
-        Self { done }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
-    }
 }

@@ -74,15 +74,7 @@ fn main() {
 fn one_connection() {
     let grace = Duration::from_secs(3);
     let mut server = Running::start(|s| s.grace(grace), |mut conn| echo(&mut conn.stream, 7));
-    let mut client = connect(server.addr);
-    let peer = client.local_addr().unwrap();
-    let pid = server.expect_accepted(peer);
-    client.write_all(b"ping").unwrap();
-    let mut buf = [0; 4];
-    client.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"ping");
-    drop(client);
-    server.expect(Ev::Reaped { pid, peer: Some(peer), exit: ChildExit::Exited(7) });
+    serve_one(&mut server, b"ping", 7);
     server.signal(Signal::TERM);
     server.expect(Ev::ShutdownStarted { signal: Signal::TERM, children: 0, grace });
     server.expect(Ev::Finished);
@@ -150,16 +142,22 @@ fn zero_idle_timeout_means_none() {
         |s| s.idle_timeout(Some(Duration::ZERO)),
         |mut conn| echo(&mut conn.stream, 0),
     );
+    serve_one(&mut server, b"zero", 0);
+    server.stop_idle();
+}
+
+/// One client: accepted, `message` echoed, closed, and its child reaped with
+/// exit code `code`.
+fn serve_one(server: &mut Running, message: &[u8], code: i32) {
     let mut client = connect(server.addr);
     let peer = client.local_addr().unwrap();
     let pid = server.expect_accepted(peer);
-    client.write_all(b"zero").unwrap();
-    let mut buf = [0; 4];
-    client.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"zero");
+    client.write_all(message).unwrap();
+    let mut reply = vec![0; message.len()];
+    client.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, message);
     drop(client);
-    server.expect(Ev::Reaped { pid, peer: Some(peer), exit: ChildExit::Exited(0) });
-    server.stop_idle();
+    server.expect(Ev::Reaped { pid, peer: Some(peer), exit: ChildExit::Exited(code) });
 }
 
 /// The policy's reason for refusing a second connection from one address.

@@ -21,6 +21,8 @@ use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::rng::Rng;
+
 /// The longest any single connect, read or write may take: beyond it the
 /// server is taken to be hung.
 pub(super) const HANG: Duration = Duration::from_secs(10);
@@ -35,36 +37,6 @@ const CHUNK: usize = 64 * 1024;
 /// power of two, so chunk boundaries fall elsewhere in each period and a
 /// repeated or skipped chunk shows.
 const PERIOD: usize = (1 << 20) + 4099;
-
-/// SplitMix64: a small deterministic generator for payloads.
-#[derive(Debug, Clone)]
-pub(super) struct Rng(u64);
-
-impl Rng {
-    /// A generator for item `index` of a run seeded with `seed`.
-    pub(super) fn new(seed: u64, index: usize) -> Self {
-        Self(seed ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03))
-    }
-
-    /// The next 64 random bits.
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// `len` random bytes.
-    pub(super) fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(len + 8);
-        while bytes.len() < len {
-            bytes.extend_from_slice(&self.next_u64().to_le_bytes());
-        }
-        bytes.truncate(len);
-        bytes
-    }
-}
 
 /// `connect(2)` to `server`, bounded by [`HANG`], with reads and writes
 /// bounded by [`HANG`] too.

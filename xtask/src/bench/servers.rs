@@ -6,9 +6,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use integration_tests::process::Running;
 use integration_tests::{procfs, wait_until};
@@ -16,6 +14,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::Workload;
+
+use crate::watchdog::{unwatch, watch};
 
 /// The name of the server every ratio is taken against.
 pub(super) const REFERENCE: &str = "C reference";
@@ -304,7 +304,7 @@ impl Drop for Started {
             let _ = self.process.wait(Duration::from_secs(5));
         }
         // `Running`'s own drop kills the server if it still runs.
-        unregister(pid);
+        unwatch(pid);
     }
 }
 
@@ -345,7 +345,7 @@ pub(super) fn launch(path: &Path, args: &[String], ready: Ready) -> Result<Start
     let mut command = Command::new(path);
     command.args(args).env_remove("RUST_LOG");
     let process = Running::spawn(command)?;
-    register(process.pid());
+    watch(process.pid());
     let shown = std::iter::once(path.display().to_string())
         .chain(args.iter().cloned())
         .collect::<Vec<_>>()
@@ -363,62 +363,6 @@ pub(super) fn launch(path: &Path, args: &[String], ready: Ready) -> Result<Start
     });
     started.addr = found.and_then(|result| result)?;
     Ok(started)
-}
-
-/// The processes the watchdog kills if the run hangs: pid and start time.
-static STARTED: Mutex<Vec<(i32, Option<u64>)>> = Mutex::new(Vec::new());
-
-/// Puts a started process under the watchdog.
-fn register(pid: i32) {
-    STARTED.lock().unwrap_or_else(PoisonError::into_inner).push((pid, procfs::start_time(pid)));
-}
-
-/// Takes a stopped process away from the watchdog.
-fn unregister(pid: i32) {
-    STARTED.lock().unwrap_or_else(PoisonError::into_inner).retain(|&(p, _)| p != pid);
-}
-
-/// Ends the bench if it outlives its bound: every bound inside it failed
-/// to hold, so it is hung. Every process it started, and their children,
-/// are killed by pid first.
-#[derive(Debug)]
-pub(super) struct Watchdog {
-    done: Arc<AtomicBool>,
-}
-
-impl Watchdog {
-    /// Arms it for `limit` from now; disarmed when dropped.
-    pub(super) fn start(limit: Duration) -> Self {
-        let done = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&done);
-        let deadline = Instant::now() + limit;
-        std::thread::spawn(move || {
-            while Instant::now() < deadline {
-                if flag.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            eprintln!("bench: still running after {limit:?}: hung; killing the servers");
-            let started = STARTED.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            for (pid, since) in started {
-                if since.is_some() && procfs::start_time(pid) == since {
-                    for child in procfs::children_of(pid) {
-                        let _ = kill(Pid::from_raw(child.pid), Signal::SIGKILL);
-                    }
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-            }
-            std::process::exit(1);
-        });
-        Self { done }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]
