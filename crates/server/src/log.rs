@@ -133,8 +133,11 @@ impl Stderr {
         claim_counters();
         let dropped = DROPPED.load(Ordering::Relaxed);
         if dropped > 0 {
+            // Parent and children share standard error: the pid says whose.
             let note = format!(
-                "{dropped} log line(s) dropped: standard error was not being read fast enough\n"
+                "{dropped} log line(s) dropped by process {}: standard error was not being read \
+                 fast enough\n",
+                std::process::id()
             );
             if !self.write_whole(note.as_bytes()) {
                 drop_line();
@@ -195,5 +198,24 @@ impl Drop for Line<'_> {
             self.bytes.extend_from_slice("…\n".as_bytes());
         }
         self.sink.emit(&self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_that_did_not_count_the_losses_starts_from_zero() {
+        // What a child sees right after fork: the parent's counts, owned by
+        // another pid (one that cannot be ours).
+        OWNER.store(0, Ordering::Relaxed);
+        DROPPED.store(576, Ordering::Relaxed);
+        DROPPED_TOTAL.store(600, Ordering::Relaxed);
+        assert_eq!(dropped_total(), 0);
+        assert_eq!(DROPPED.load(Ordering::Relaxed), 0, "the parent's pending note");
+        // Its own losses are then its own.
+        drop_line();
+        assert_eq!(dropped_total(), 1);
     }
 }
