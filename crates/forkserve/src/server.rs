@@ -109,7 +109,7 @@ impl Server {
                 .filter(|signal| *signal != Signal::TERM && !ignored.contains(signal)),
         );
         let signals = Signals::new(&set).map_err(ServeError::Signals)?;
-        // The check before each fork reads /proc/self/stat through a
+        // The check before each fork reads /proc/self/status through a
         // descriptor opened here, once, so forking never needs a free one.
         procmgr::thread_count().map_err(ServeError::Signals)?;
         Ok(signals)

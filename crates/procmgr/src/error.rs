@@ -19,7 +19,7 @@ pub enum ProcError {
         /// How many threads the process had.
         threads: usize,
     },
-    /// The number of threads could not be read from `/proc/self/stat`.
+    /// The number of threads could not be read from `/proc/self/status`.
     #[error("cannot count this process's threads")]
     ThreadCount {
         /// The I/O or parse error.

@@ -27,7 +27,7 @@ use crate::ProcError;
 /// [`ProcError::CloseFds`] if `close_range(2)` fails for a reason other than
 /// not being implemented.
 pub fn close_other_fds(keep: &[BorrowedFd<'_>]) -> Result<(), ProcError> {
-    crate::fork::forget_cached_stat();
+    crate::fork::forget_cached_status();
     // A sorted, duplicate-free list of the kept numbers above 2, on the stack:
     // a child has few of them, and this must not allocate.
     let mut kept = [RawFd::MAX; 16];
@@ -175,14 +175,14 @@ impl CloseList {
     }
 
     /// In a new child: closes every descriptor on the list, and procmgr's own
-    /// cached `/proc/self/stat` descriptor (reopened if the child forks in
+    /// cached `/proc/self/status` descriptor (reopened if the child forks in
     /// turn). Errors (a number no longer open) are ignored. Async-signal-safe.
     ///
     /// The parent's objects that own a listed descriptor (a `Signals`) must
     /// never be used or dropped in the child afterwards: the number may be
     /// reused.
     pub fn close(&self) {
-        crate::fork::drop_cached_stat();
+        crate::fork::drop_cached_status();
         for &fd in &self.fds {
             // SAFETY: closing a number the parent listed for children to drop;
             // the caller promises not to use its owner in the child again.

@@ -60,21 +60,36 @@ impl InChild {
     /// its default so the child can wait for children of its own.
     ///
     /// Async-signal-safe: only `sigaction(2)` and `sigprocmask(2)`.
-    fn reset_signals(&self) -> Result<(), ProcError> {
+    fn reset_signals(&self, caught: Option<u64>) -> Result<(), ProcError> {
+        let reset = |signo| {
+            set_default(signo).map_err(|source| ProcError::Disposition {
+                signal: Signal::from_raw(signo).unwrap_or(Signal::CHLD),
+                source,
+            })
+        };
+        // SIGCHLD is reset whatever it was: SIG_DFL may carry SA_NOCLDWAIT.
+        reset(libc::SIGCHLD)?;
         for signo in 1..=libc::SIGRTMAX() {
-            if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+            // glibc reserves the real-time signals below its SIGRTMIN for
+            // itself (thread cancellation, set*id), catches them, and refuses
+            // any change (EINVAL): they are not ours to reset.
+            let reserved = (32..libc::SIGRTMIN()).contains(&signo);
+            if signo == libc::SIGKILL
+                || signo == libc::SIGSTOP
+                || signo == libc::SIGCHLD
+                || reserved
+            {
                 continue;
             }
-            // glibc reserves two real-time signals for itself and refuses them
-            // (EINVAL); they are not ours to reset.
-            let Some(handler) = current_handler(signo) else { continue };
-            let caught = handler != libc::SIG_DFL && handler != libc::SIG_IGN;
-            // SIGCHLD is reset whatever it was: SIG_DFL may carry SA_NOCLDWAIT.
-            if caught || signo == libc::SIGCHLD {
-                set_default(signo).map_err(|source| ProcError::Disposition {
-                    signal: Signal::from_raw(signo).unwrap_or(Signal::CHLD),
-                    source,
-                })?;
+            let is_caught = match caught {
+                // The parent's caught set, read just before the fork: one
+                // call per caught signal instead of one query per signal.
+                Some(mask) => mask & signal_bit(signo) != 0,
+                None => current_handler(signo)
+                    .is_some_and(|handler| handler != libc::SIG_DFL && handler != libc::SIG_IGN),
+            };
+            if is_caught {
+                reset(signo)?;
             }
         }
         SigSet::empty().thread_set_mask().map_err(|e| ProcError::Mask { source: os(e) })
@@ -145,35 +160,35 @@ pub(crate) fn set_disposition(signo: i32, handler: libc::sighandler_t) -> io::Re
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-/// `/proc/self/stat`, opened once per process and read again with `pread`: the
-/// thread check runs before every fork, and must not need a free descriptor (a
-/// server that has just accepted with its last descriptor must still fork).
-/// The pid says whose it is; a forked child opens its own.
-static STAT: Mutex<Option<(u32, File)>> = Mutex::new(None);
+/// `/proc/self/status`, opened once per process and read again with `pread`:
+/// the thread check runs before every fork, and must not need a free
+/// descriptor (a server that has just accepted with its last descriptor must
+/// still fork). The pid says whose it is; a forked child opens its own.
+static STATUS: Mutex<Option<(u32, File)>> = Mutex::new(None);
 
-/// Drops the cached `/proc/self/stat` descriptor without closing it, for
+/// Drops the cached `/proc/self/status` descriptor without closing it, for
 /// [`close_other_fds`](crate::close_other_fds), which closes it (its number
 /// may then be reused, and must not be closed a second time). Never waits for
 /// the lock: in a child forked from a multi-threaded process it may be held
 /// forever, and the cache is then left alone.
-pub(crate) fn forget_cached_stat() {
-    if let Ok(mut cached) = STAT.try_lock() {
+pub(crate) fn forget_cached_status() {
+    if let Ok(mut cached) = STATUS.try_lock() {
         if let Some((_, file)) = cached.take() {
             std::mem::forget(file);
         }
     }
 }
 
-/// Closes the cached `/proc/self/stat` descriptor, for
+/// Closes the cached `/proc/self/status` descriptor, for
 /// [`CloseList::close`](crate::CloseList::close) in a new child; the next
 /// [`thread_count`] opens it again. Never waits for the lock, as above.
-pub(crate) fn drop_cached_stat() {
-    if let Ok(mut cached) = STAT.try_lock() {
+pub(crate) fn drop_cached_status() {
+    if let Ok(mut cached) = STATUS.try_lock() {
         drop(cached.take());
     }
 }
 
-/// How many threads this process has, from `/proc/self/stat`.
+/// How many threads this process has, from `/proc/self/status`.
 ///
 /// The file is opened on the first call (close-on-exec) and kept; later calls
 /// need no descriptor.
@@ -182,24 +197,50 @@ pub(crate) fn drop_cached_stat() {
 /// [`ProcError::ThreadCount`] if the file cannot be opened, read or parsed (no
 /// `/proc`, or out of descriptors on the first call).
 pub fn thread_count() -> Result<usize, ProcError> {
+    status().map(|status| status.threads)
+}
+
+/// What [`fork`] needs to know about this process, read in one `pread`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Status {
+    /// `Threads:`, the number of threads.
+    pub(crate) threads: usize,
+    /// `SigCgt:`, the signals with a handler: bit `n - 1` for signal `n`.
+    pub(crate) caught: u64,
+}
+
+/// Reads [`Status`] from the cached `/proc/self/status`.
+pub(crate) fn status() -> Result<Status, ProcError> {
     let failed = |source| ProcError::ThreadCount { source };
-    let mut cached = STAT.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut cached = STATUS.lock().unwrap_or_else(PoisonError::into_inner);
     let pid = std::process::id();
     let file = match &*cached {
         Some((owner, file)) if *owner == pid => file,
-        _ => &cached.insert((pid, File::open("/proc/self/stat").map_err(failed)?)).1,
+        _ => &cached.insert((pid, File::open("/proc/self/status").map_err(failed)?)).1,
     };
-    // The line is a few hundred bytes: 52 numbers and a name of at most 64.
+    // About 1.5 KB; `SigCgt` comes well before the end.
     let mut buf = [0; 4096];
     let len = file.read_at(&mut buf, 0).map_err(failed)?;
-    let stat = String::from_utf8_lossy(&buf[..len]);
-    // The command name (field 2) is in parentheses and may itself contain
-    // spaces or parentheses, so count fields from the last ')'. After it come
-    // field 3 (state) onwards; num_threads is field 20.
-    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    after_comm.split_ascii_whitespace().nth(20 - 3).and_then(|n| n.parse().ok()).ok_or_else(|| {
-        failed(io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat format"))
+    parse_status(&buf[..len]).ok_or_else(|| {
+        failed(io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/status format"))
     })
+}
+
+/// Finds `Threads:` (decimal) and `SigCgt:` (hexadecimal) in the text of
+/// `/proc/PID/status`; no allocation.
+pub(crate) fn parse_status(text: &[u8]) -> Option<Status> {
+    let field = |name: &[u8]| {
+        let line = text.split(|&b| b == b'\n').find(|line| line.starts_with(name))?;
+        std::str::from_utf8(&line[name.len()..]).ok().map(str::trim)
+    };
+    let threads = field(b"Threads:")?.parse().ok()?;
+    let caught = u64::from_str_radix(field(b"SigCgt:")?, 16).ok()?;
+    Some(Status { threads, caught })
+}
+
+/// The bit of signal `signo` in a `/proc/PID/status` signal mask.
+pub(crate) fn signal_bit(signo: i32) -> u64 {
+    u32::try_from(signo - 1).ok().and_then(|shift| 1u64.checked_shl(shift)).unwrap_or(0)
 }
 
 /// `prctl(PR_SET_PDEATHSIG)`: asks the kernel to send `signal` to this process
@@ -244,12 +285,8 @@ pub fn die_with_parent(signal: Signal, parent: u32) -> Result<(), ProcError> {
 /// [`ProcError::Mask`], or [`ProcError::Fork`] (`EAGAIN` when a process limit
 /// is reached, `ENOMEM`).
 pub fn fork() -> Result<Fork, ProcError> {
-    let threads = thread_count()?;
-    if threads != 1 {
-        return Err(ProcError::MultiThreaded { threads });
-    }
-    // SAFETY: the process has exactly one thread, checked just above; only this
-    // thread could have started another since, and it has not.
+    // SAFETY: with `may_lock`, `fork_inner` itself checks that the process has
+    // exactly one thread and refuses otherwise.
     unsafe { fork_inner(true) }
 }
 
@@ -271,9 +308,13 @@ pub unsafe fn fork_unchecked() -> Result<Fork, ProcError> {
     unsafe { fork_inner(false) }
 }
 
+/// With `may_lock`, refuses unless the process has exactly one thread, and
+/// the child resets the signals the parent had caught just before the fork
+/// (read from `/proc/self/status`); without it, the child queries every
+/// signal's disposition.
+///
 /// # Safety
-/// With `may_lock`, the process must be single-threaded; without it, the child
-/// must only do async-signal-safe work.
+/// Without `may_lock`, the child must only do async-signal-safe work.
 unsafe fn fork_inner(may_lock: bool) -> Result<Fork, ProcError> {
     // Written bytes still in our buffer would otherwise be copied into the child
     // and written by both processes.
@@ -284,7 +325,26 @@ unsafe fn fork_inner(may_lock: bool) -> Result<Fork, ProcError> {
     let previous = all
         .thread_swap_mask(SigmaskHow::SIG_BLOCK)
         .map_err(|e| ProcError::Mask { source: os(e) })?;
-    // SAFETY: the caller guarantees the thread precondition; the child branch
+    // Read with every signal blocked, so no handler can change a disposition
+    // between the reading and the fork.
+    let caught = if may_lock {
+        match status() {
+            Ok(Status { threads: 1, caught }) => Some(caught),
+            Ok(Status { threads, .. }) => {
+                restore(&previous);
+                return Err(ProcError::MultiThreaded { threads });
+            }
+            Err(err) => {
+                restore(&previous);
+                return Err(err);
+            }
+        }
+    } else {
+        None
+    };
+    // SAFETY: with `may_lock` the process has exactly one thread (checked
+    // just above; only this thread could start another, and it has not);
+    // without it, the caller guarantees the child's restraint. The child branch
     // below only calls async-signal-safe functions until it hands over to a
     // caller who knows which side it is on.
     let forked = unsafe { nix::unistd::fork() };
@@ -294,7 +354,7 @@ unsafe fn fork_inner(may_lock: bool) -> Result<Fork, ProcError> {
             // A child that cannot reset its signals must not run the caller's
             // code, and must not return an error either: the caller would take
             // it for a failed fork and carry on as a second parent.
-            if let Err(err) = me.reset_signals() {
+            if let Err(err) = me.reset_signals(caught) {
                 if may_lock {
                     tracing::error!(error = %err, "child cannot reset its signals");
                 }

@@ -365,3 +365,28 @@ fn signal_each_counts_the_signalled_and_lists_the_failures() {
     // (The EPERM path, a child that may not be signalled, cannot happen to
     // root, which these tests run as in CI.)
 }
+
+#[test]
+fn status_gives_threads_and_the_caught_set() {
+    let text = b"Name:\tx\nThreads:\t3\nSigQ:\t0/1\nSigIgn:\t0000000000001000\n\
+                 SigCgt:\t8000000000004a02\nCapInh:\t0\n";
+    let status = crate::fork::parse_status(text).unwrap();
+    assert_eq!(status.threads, 3);
+    assert_eq!(status.caught, 0x8000_0000_0000_4a02);
+    assert_eq!(crate::fork::parse_status(b"Threads:\t1\n"), None, "no SigCgt line");
+    assert_eq!(crate::fork::parse_status(b"Threads:\tx\nSigCgt:\t0\n"), None);
+    // SIGINT is bit 1, SIGUSR1 bit 9, signal 64 the top bit.
+    assert_eq!(crate::fork::signal_bit(2), 1 << 1);
+    assert_eq!(crate::fork::signal_bit(10), 1 << 9);
+    assert_eq!(crate::fork::signal_bit(64), 1 << 63);
+    assert_eq!(crate::fork::signal_bit(65), 0);
+    assert_eq!(crate::fork::signal_bit(0), 0);
+}
+
+#[test]
+fn this_process_status_reads() {
+    let status = crate::fork::status().unwrap();
+    assert!(status.threads >= 1);
+    // The Rust runtime catches SIGSEGV (stack overflow) in every program.
+    assert_ne!(status.caught & crate::fork::signal_bit(libc::SIGSEGV), 0);
+}

@@ -175,6 +175,16 @@ fn child_signal_state_is_reset(signals: &Signals) {
     // SAFETY: ignoring a signal installs no code.
     let old_usr2 =
         unsafe { nix::sys::signal::signal(NixSignal::SIGUSR2, SigHandler::SigIgn) }.unwrap();
+    // A real-time signal: the caught set is 64 bits wide, not 32.
+    let rt = libc::SIGRTMIN() + 5;
+    // SAFETY: as above; zeroed is a valid `sigaction`, the old one is kept.
+    let old_rt = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = noop_handler as *const () as libc::sighandler_t;
+        let mut old: libc::sigaction = std::mem::zeroed();
+        assert_eq!(libc::sigaction(rt, &action, &mut old), 0);
+        old
+    };
 
     let mut children = Children::new();
     let pid = procmgr::fork_child(|| {
@@ -195,6 +205,18 @@ fn child_signal_state_is_reset(signals: &Signals) {
         if !matches!(disposition(NixSignal::SIGCHLD), SigHandler::SigDfl) {
             failures |= 16;
         }
+        // SAFETY: a null new action makes this a query.
+        let rt_handler = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(rt, std::ptr::null(), &mut old);
+            old.sa_sigaction
+        };
+        if rt_handler != libc::SIG_DFL {
+            failures |= 32; // a caught real-time signal too
+        }
+        if !matches!(disposition(NixSignal::SIGSEGV), SigHandler::SigDfl) {
+            failures |= 64; // and the Rust runtime's own stack-overflow handler
+        }
         failures
     })
     .unwrap();
@@ -211,6 +233,8 @@ fn child_signal_state_is_reset(signals: &Signals) {
     unsafe { nix::sys::signal::sigaction(NixSignal::SIGCHLD, &old_chld) }.unwrap();
     // SAFETY: as above.
     unsafe { nix::sys::signal::signal(NixSignal::SIGUSR2, old_usr2) }.unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::sigaction(rt, &old_rt, std::ptr::null_mut()) }, 0);
 }
 
 fn child_can_be_terminated(signals: &Signals) {
