@@ -160,6 +160,41 @@ fn disposition(signal: NixSignal) -> SigHandler {
     old.handler()
 }
 
+/// `sigaction(2)` on a raw signal number: installs `handler` if given (no
+/// flags, empty mask), returns the previous action.
+///
+/// # Safety
+/// `handler` must be async-signal-safe.
+unsafe fn raw_sigaction(
+    signo: libc::c_int,
+    handler: Option<libc::sighandler_t>,
+) -> libc::sigaction {
+    // SAFETY: all-zero bytes are a valid `sigaction` (SIG_DFL, no flags).
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    let new = match handler {
+        Some(handler) => {
+            action.sa_sigaction = handler;
+            &raw const action
+        }
+        None => std::ptr::null(),
+    };
+    let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: `new` is null or a valid action whose handler the caller vouches
+    // for; `old` is valid for one write.
+    assert_eq!(unsafe { libc::sigaction(signo, new, old.as_mut_ptr()) }, 0);
+    // SAFETY: zeroed is a valid `sigaction`, and the call wrote valid values.
+    unsafe { old.assume_init() }
+}
+
+/// Puts `old` back as the action of `signo`.
+///
+/// # Safety
+/// `old` must come from [`raw_sigaction`] on the same signal.
+unsafe fn libc_sigaction_restore(signo: libc::c_int, old: &libc::sigaction) {
+    // SAFETY: `old` is an action this process had installed before.
+    assert_eq!(unsafe { libc::sigaction(signo, old, std::ptr::null_mut()) }, 0);
+}
+
 fn child_signal_state_is_reset(signals: &Signals) {
     let handler = nix::sys::signal::SigAction::new(
         SigHandler::Handler(noop_handler),
@@ -177,14 +212,9 @@ fn child_signal_state_is_reset(signals: &Signals) {
         unsafe { nix::sys::signal::signal(NixSignal::SIGUSR2, SigHandler::SigIgn) }.unwrap();
     // A real-time signal: the caught set is 64 bits wide, not 32.
     let rt = libc::SIGRTMIN() + 5;
-    // SAFETY: as above; zeroed is a valid `sigaction`, the old one is kept.
-    let old_rt = unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = noop_handler as *const () as libc::sighandler_t;
-        let mut old: libc::sigaction = std::mem::zeroed();
-        assert_eq!(libc::sigaction(rt, &action, &mut old), 0);
-        old
-    };
+    let noop = noop_handler as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: as above. nix has no `Signal` for real-time signals, hence libc.
+    let old_rt = unsafe { raw_sigaction(rt, Some(noop)) };
 
     let mut children = Children::new();
     let pid = procmgr::fork_child(|| {
@@ -205,12 +235,8 @@ fn child_signal_state_is_reset(signals: &Signals) {
         if !matches!(disposition(NixSignal::SIGCHLD), SigHandler::SigDfl) {
             failures |= 16;
         }
-        // SAFETY: a null new action makes this a query.
-        let rt_handler = unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(rt, std::ptr::null(), &mut old);
-            old.sa_sigaction
-        };
+        // SAFETY: no new action: a pure query.
+        let rt_handler = unsafe { raw_sigaction(rt, None) }.sa_sigaction;
         if rt_handler != libc::SIG_DFL {
             failures |= 32; // a caught real-time signal too
         }
@@ -233,8 +259,8 @@ fn child_signal_state_is_reset(signals: &Signals) {
     unsafe { nix::sys::signal::sigaction(NixSignal::SIGCHLD, &old_chld) }.unwrap();
     // SAFETY: as above.
     unsafe { nix::sys::signal::signal(NixSignal::SIGUSR2, old_usr2) }.unwrap();
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::sigaction(rt, &old_rt, std::ptr::null_mut()) }, 0);
+    // SAFETY: puts back what this scenario found.
+    unsafe { libc_sigaction_restore(rt, &old_rt) };
 }
 
 fn child_can_be_terminated(signals: &Signals) {
