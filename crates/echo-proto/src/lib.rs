@@ -22,10 +22,12 @@
 #![deny(missing_docs)]
 
 mod printable;
+mod splice;
 
 use std::io::{self, ErrorKind, Read, Write};
 
 pub use printable::Printable;
+pub use splice::echo_tcp;
 
 /// Bytes moved per `read(2)`: large enough for bulk throughput, small enough
 /// to keep a process-per-connection child light.

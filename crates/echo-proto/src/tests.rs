@@ -289,3 +289,99 @@ fn printable_escapes_and_truncates() {
     assert!(shown.ends_with("\" (+10 bytes)"), "{shown}");
     assert_eq!(shown.matches('a').count(), Printable::LIMIT);
 }
+
+/// A connected pair over loopback: (client side, server side).
+fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (client, server)
+}
+
+/// Runs `serve` on the server side of a loopback pair while the client sends
+/// `data` and shuts down its side; returns what came back and what `serve`
+/// reported. Bounded: a stuck side fails the test after 20 s instead of
+/// hanging it (the stuck thread is left behind).
+fn echo_over_tcp(
+    data: &[u8],
+    serve: impl FnOnce(&std::net::TcpStream) -> Result<Totals, EchoError> + Send + 'static,
+) -> (Vec<u8>, Result<Totals, EchoError>) {
+    let bound = std::time::Duration::from_secs(20);
+    let (client, server) = tcp_pair();
+    client.set_read_timeout(Some(bound)).unwrap();
+    server.set_read_timeout(Some(bound)).unwrap();
+    let (done, served) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(serve(&server)));
+    let writer = client.try_clone().unwrap();
+    let data_copy = data.to_vec();
+    std::thread::spawn(move || {
+        (&writer).write_all(&data_copy).unwrap();
+        client_shutdown(&writer);
+    });
+    let mut back = Vec::new();
+    (&client).read_to_end(&mut back).unwrap();
+    (back, served.recv_timeout(bound).expect("the echo never finished"))
+}
+
+fn client_shutdown(stream: &std::net::TcpStream) {
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+}
+
+#[test]
+fn echo_tcp_moves_every_byte_in_order_without_a_buffer() {
+    // Several pipe-fulls, of bytes that show any reordering or loss.
+    let data = Rng(7).bytes(3 * 1024 * 1024 + 17);
+    let (back, served) = echo_over_tcp(&data, |stream| {
+        // The server closes its side when done, so the client's read ends.
+        let totals = crate::echo_tcp(stream);
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        totals
+    });
+    assert!(back == data, "the echo differs from what was sent");
+    let len = data.len() as u64;
+    assert_eq!(served.unwrap(), Totals { received: len, sent: len });
+}
+
+#[test]
+fn without_a_pipe_echo_tcp_falls_back_to_read_and_write() {
+    let data = Rng(8).bytes(200_000);
+    let (back, served) = echo_over_tcp(&data, |stream| {
+        let no_pipe = Err(io::Error::from_raw_os_error(24)); // EMFILE
+        let totals = crate::splice::echo_through(stream, no_pipe);
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        totals
+    });
+    assert!(back == data);
+    assert_eq!(served.unwrap().sent, data.len() as u64);
+}
+
+#[test]
+fn echo_tcp_honours_the_receive_timeout() {
+    let (_client, server) = tcp_pair();
+    server.set_read_timeout(Some(std::time::Duration::from_millis(50))).unwrap();
+    let err = crate::echo_tcp(&server).unwrap_err();
+    assert!(matches!(err, EchoError::Read { .. }), "{err:?}");
+    assert_eq!(err.io_error().map(io::Error::kind), Some(ErrorKind::WouldBlock), "{err:?}");
+}
+
+#[test]
+fn echo_tcp_reports_a_reset_as_a_read_error_with_totals() {
+    let (client, server) = tcp_pair();
+    // Bounded: neither side waits more than 5 s if the echo goes wrong.
+    let bound = Some(std::time::Duration::from_secs(5));
+    client.set_read_timeout(bound).unwrap();
+    server.set_read_timeout(bound).unwrap();
+    (&client).write_all(b"hello").unwrap();
+    let mut five = [0; 5];
+    std::thread::scope(|scope| {
+        let served = scope.spawn(|| crate::echo_tcp(&server));
+        (&client).read_exact(&mut five).unwrap();
+        // RST instead of FIN.
+        socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(client);
+        let err = served.join().unwrap().unwrap_err();
+        assert_eq!(err.totals(), Totals { received: 5, sent: 5 }, "{err:?}");
+        assert_eq!(err.io_error().map(io::Error::kind), Some(ErrorKind::ConnectionReset));
+    });
+    assert_eq!(&five, b"hello");
+}

@@ -18,6 +18,14 @@ pub enum ServeError {
     /// The server was given no listener.
     #[error("no address to listen on")]
     NoListeners,
+    /// More listeners than one wait can watch.
+    #[error("{count} listeners: at most {max} can be served at once")]
+    TooManyListeners {
+        /// How many were given.
+        count: usize,
+        /// [`MAX_LISTENERS`](crate::MAX_LISTENERS).
+        max: usize,
+    },
     /// Binding or preparing a listener failed.
     #[error(transparent)]
     Listen(NetError),

@@ -59,7 +59,7 @@ pub use event::Event;
 pub use netcore::{DEFAULT_BACKLOG, Listener, NetError};
 pub use policy::{Cidr, CidrError, DENIED, Policy, TOO_MANY_FROM_SOURCE};
 pub use procmgr::{ChildExit, ChildPid, ProcError, Signal};
-pub use server::Server;
+pub use server::{MAX_LISTENERS, Server};
 pub use stats::{ShutdownSummary, Stats};
 
 #[cfg(test)]
@@ -71,5 +71,19 @@ mod tests {
         let readme = include_str!("../README.md");
         let example = include_str!("../examples/daytime.rs");
         assert!(readme.contains(example), "README.md must quote examples/daytime.rs verbatim");
+    }
+
+    /// One wait watches every listener: more than it can hold is refused up
+    /// front, before anything is bound.
+    #[test]
+    fn more_listeners_than_one_wait_holds_are_refused() {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let err = crate::Server::bind(&[addr; crate::MAX_LISTENERS + 1], 16).err().unwrap();
+        assert!(
+            matches!(err, crate::ServeError::TooManyListeners { count: 65, max: 64 }),
+            "{err:?}"
+        );
+        let err = crate::Server::new(Vec::new()).err().unwrap();
+        assert!(matches!(err, crate::ServeError::NoListeners), "{err:?}");
     }
 }

@@ -59,6 +59,21 @@ impl fmt::Debug for Server {
     }
 }
 
+/// How many listeners one server can serve: its loop waits on all of them and
+/// its signals in one `poll(2)` whose state lives on the stack.
+pub const MAX_LISTENERS: usize = procmgr::Ready::CAPACITY;
+
+/// Refuses no listener, or more than [`MAX_LISTENERS`].
+fn check_count(count: usize) -> Result<(), ServeError> {
+    match count {
+        0 => Err(ServeError::NoListeners),
+        count if count > MAX_LISTENERS => {
+            Err(ServeError::TooManyListeners { count, max: MAX_LISTENERS })
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Server {
     /// Blocks the server's signals, then binds and listens on every address in
     /// `addrs`, all on one port: with port 0 the first gets a free port from
@@ -66,12 +81,12 @@ impl Server {
     /// v6-only, so `0.0.0.0` and `[::]` can be bound together.
     ///
     /// # Errors
-    /// [`ServeError::NoListeners`] for no address, [`ServeError::Signals`], or
-    /// [`ServeError::Listen`] with the address that could not be bound.
+    /// [`ServeError::NoListeners`] for no address,
+    /// [`ServeError::TooManyListeners`] for more than [`MAX_LISTENERS`],
+    /// [`ServeError::Signals`], or [`ServeError::Listen`] with the address that
+    /// could not be bound.
     pub fn bind(addrs: &[SocketAddr], backlog: i32) -> Result<Self, ServeError> {
-        if addrs.is_empty() {
-            return Err(ServeError::NoListeners);
-        }
+        check_count(addrs.len())?;
         let signals = Self::signals()?;
         let mut listeners: Vec<Listener> = Vec::with_capacity(addrs.len());
         for &addr in addrs {
@@ -89,11 +104,11 @@ impl Server {
     /// (systemd's `LISTEN_FDS`, through [`Listener::from_fd`]).
     ///
     /// # Errors
-    /// [`ServeError::NoListeners`] for an empty list, or [`ServeError::Signals`].
+    /// [`ServeError::NoListeners`] for an empty list,
+    /// [`ServeError::TooManyListeners`] for more than [`MAX_LISTENERS`], or
+    /// [`ServeError::Signals`].
     pub fn new(listeners: Vec<Listener>) -> Result<Self, ServeError> {
-        if listeners.is_empty() {
-            return Err(ServeError::NoListeners);
-        }
+        check_count(listeners.len())?;
         Ok(Self::with(listeners, Self::signals()?))
     }
 

@@ -191,20 +191,20 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 }
             }
             let accepting = self.may_accept();
-            let watched: Vec<_> =
-                self.listeners.iter().map(|l| accepting.then(|| l.as_fd())).collect();
-            let wakeup =
-                self.signals.wait(&watched, self.next_deadline(now)).map_err(ServeError::Wait)?;
-            if wakeup.signaled {
+            let timeout = self.next_deadline(now);
+            let watched = self.listeners.iter().map(|l| accepting.then(|| l.as_fd()));
+            // On the stack: the parent writes no heap page per wait.
+            let ready = self.signals.wait_ready(watched, timeout).map_err(ServeError::Wait)?;
+            if ready.signaled {
                 self.handle_signals()?;
             }
             // Round-robin over the listeners: the next pass starts after the
             // last one that yielded a connection, so none is always served
             // last (counting passes instead would not do: at the child limit
             // each freed slot takes two passes, one to reap, one to accept).
-            let (count, first) = (wakeup.ready.len(), self.first_listener);
+            let (count, first) = (self.listeners.len(), self.first_listener);
             for index in (0..count).map(|i| (first + i) % count) {
-                if wakeup.ready[index] && self.accept_batch(index)? {
+                if ready.is_ready(index) && self.accept_batch(index)? {
                     self.first_listener = (index + 1) % count;
                 }
             }

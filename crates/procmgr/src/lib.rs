@@ -69,7 +69,8 @@ pub use fork::{
 };
 pub use reap::{ChildExit, ChildPid, Children, Reaped, Signalled, reap};
 pub use signal::{
-    MaskGuard, Signal, Signals, Wakeup, block, ignore, ignored_signals, kill, restore_default,
+    MaskGuard, Ready, Signal, Signals, Wakeup, block, ignore, ignored_signals, kill,
+    restore_default,
 };
 
 #[cfg(test)]

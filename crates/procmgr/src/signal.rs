@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::libc;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{self as nix_signal, SigSet, SigmaskHow};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
@@ -342,39 +341,111 @@ impl Signals {
         others: &[Option<BorrowedFd<'_>>],
         timeout: Option<Duration>,
     ) -> Result<Wakeup, ProcError> {
-        let interest = PollFlags::POLLIN;
-        let mut fds = Vec::with_capacity(others.len() + 1);
-        fds.push(PollFd::new(self.fd.as_fd(), interest));
-        // For each of `others`, its index in `fds`, if it is watched.
-        let slots: Vec<Option<usize>> = others
-            .iter()
-            .map(|fd| {
-                let fd = (*fd)?;
-                fds.push(PollFd::new(fd, interest));
-                Some(fds.len() - 1)
-            })
+        let mut fds: Vec<_> = std::iter::once(Some(self.fd.as_fd()))
+            .chain(others.iter().copied())
+            .map(watch)
             .collect();
         let mut wakeup = Wakeup { signaled: false, ready: vec![false; others.len()] };
-        match poll(&mut fds, poll_timeout(timeout)) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => return Ok(wakeup),
-            Err(errno) => return Err(ProcError::Poll { source: os(errno) }),
-        }
-        let fired = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-        wakeup.signaled = fired(&fds[0]);
-        for (ready, slot) in wakeup.ready.iter_mut().zip(slots) {
-            *ready = slot.is_some_and(|i| fired(&fds[i]));
+        if poll_fds(&mut fds, timeout)? {
+            wakeup.signaled = fds[0].revents != 0;
+            for (ready, fd) in wakeup.ready.iter_mut().zip(&fds[1..]) {
+                *ready = fd.revents != 0;
+            }
         }
         Ok(wakeup)
+    }
+
+    /// [`Signals::wait`] for a server's loop: the same wait for at most
+    /// [`Ready::CAPACITY`] descriptors, answered in a [`Ready`] that lives on
+    /// the stack, with the `pollfd` array on the stack too. It writes to no
+    /// heap memory: every page a parent writes after a fork becomes a private
+    /// copy in each child alive at that moment, so a parent that touched the
+    /// heap on every wait would cost each child pages of memory.
+    ///
+    /// # Errors
+    /// [`ProcError::Poll`] if `poll(2)` fails, or (`InvalidInput`) for more than
+    /// [`Ready::CAPACITY`] descriptors.
+    pub fn wait_ready<'fd>(
+        &self,
+        others: impl IntoIterator<Item = Option<BorrowedFd<'fd>>>,
+        timeout: Option<Duration>,
+    ) -> Result<Ready, ProcError> {
+        let unwatched = libc::pollfd { fd: -1, events: 0, revents: 0 };
+        let mut fds = [unwatched; Ready::CAPACITY + 1];
+        fds[0] = watch(Some(self.fd.as_fd()));
+        let mut count = 1;
+        for fd in others {
+            let Some(slot) = fds.get_mut(count) else {
+                let message = format!("at most {} descriptors can be watched", Ready::CAPACITY);
+                let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
+                return Err(ProcError::Poll { source });
+            };
+            *slot = watch(fd);
+            count += 1;
+        }
+        let mut ready = Ready::default();
+        if !poll_fds(&mut fds[..count], timeout)? {
+            return Ok(ready);
+        }
+        ready.signaled = fds[0].revents != 0;
+        for (index, fd) in fds[1..count].iter().enumerate() {
+            if fd.revents != 0 {
+                ready.bits |= 1 << index;
+            }
+        }
+        Ok(ready)
+    }
+}
+
+/// Which of a [`Signals::wait_ready`] caller's descriptors are ready, and
+/// whether a signal is pending: a plain value, no allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Ready {
+    /// A signal can be read with [`Signals::next`].
+    pub signaled: bool,
+    /// Bit `i`: the caller's descriptor `i` is ready.
+    bits: u64,
+}
+
+impl Ready {
+    /// How many descriptors [`Signals::wait_ready`] watches at most.
+    pub const CAPACITY: usize = 64;
+
+    /// Whether the caller's descriptor `index` is readable, or in an error or
+    /// hang-up state that the next read or accept will report.
+    #[must_use]
+    pub fn is_ready(&self, index: usize) -> bool {
+        index < Self::CAPACITY && self.bits & (1 << index) != 0
+    }
+}
+
+/// A `pollfd` waiting for input on `fd`; `None` is a negative descriptor,
+/// which `poll(2)` skips and reports not ready.
+fn watch(fd: Option<BorrowedFd<'_>>) -> libc::pollfd {
+    libc::pollfd { fd: fd.map_or(-1, |fd| fd.as_raw_fd()), events: libc::POLLIN, revents: 0 }
+}
+
+/// `poll(2)` on `fds`; false (nothing ready) if interrupted by a signal.
+fn poll_fds(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> Result<bool, ProcError> {
+    let count = libc::nfds_t::try_from(fds.len()).unwrap_or(libc::nfds_t::MAX);
+    // SAFETY: `fds` is a valid, initialised array of `count` `pollfd`s for the
+    // duration of the call; poll(2) writes only their `revents` fields.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), count, poll_timeout(timeout)) };
+    if rc >= 0 {
+        return Ok(true);
+    }
+    match Errno::last() {
+        Errno::EINTR => Ok(false),
+        errno => Err(ProcError::Poll { source: os(errno) }),
     }
 }
 
 /// Rounds up to whole milliseconds, so a wait of 0.4 ms sleeps instead of
-/// spinning, and clamps to what `poll(2)` accepts.
-fn poll_timeout(timeout: Option<Duration>) -> PollTimeout {
-    let Some(timeout) = timeout else { return PollTimeout::NONE };
-    let millis = timeout.as_nanos().div_ceil(1_000_000);
-    PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
+/// spinning, and clamps to what `poll(2)` accepts (`-1` waits forever).
+fn poll_timeout(timeout: Option<Duration>) -> libc::c_int {
+    let Some(timeout) = timeout else { return -1 };
+    libc::c_int::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX)
 }
 
 impl AsFd for Signals {

@@ -390,3 +390,30 @@ fn this_process_status_reads() {
     // The Rust runtime catches SIGSEGV (stack overflow) in every program.
     assert_ne!(status.caught & crate::fork::signal_bit(libc::SIGSEGV), 0);
 }
+
+#[test]
+fn wait_ready_reports_by_index_and_refuses_too_many() {
+    let signals = Signals::new(&[Signal::USR2]).unwrap();
+    let (mut tx, rx) = UnixStream::pair().unwrap();
+    let (_tx2, idle) = UnixStream::pair().unwrap();
+    let quiet = Some(Duration::from_millis(10));
+
+    let ready = signals.wait_ready([Some(idle.as_fd()), None, Some(rx.as_fd())], quiet).unwrap();
+    assert_eq!(ready, crate::Ready::default(), "nothing pending");
+
+    tx.write_all(b"x").unwrap();
+    let ready = signals.wait_ready([Some(idle.as_fd()), None, Some(rx.as_fd())], quiet).unwrap();
+    assert!(!ready.signaled);
+    let seen: Vec<bool> = (0..4).map(|index| ready.is_ready(index)).collect();
+    assert_eq!(seen, [false, false, true, false]);
+    // An index past the capacity is simply not ready.
+    assert!(!ready.is_ready(crate::Ready::CAPACITY + 3));
+
+    // The last slot that fits, and one too many.
+    let many = |count| std::iter::repeat_n(None, count - 1).chain([Some(rx.as_fd())]);
+    let ready = signals.wait_ready(many(crate::Ready::CAPACITY), quiet).unwrap();
+    assert!(ready.is_ready(crate::Ready::CAPACITY - 1));
+    let err = signals.wait_ready(many(crate::Ready::CAPACITY + 1), quiet).unwrap_err();
+    assert!(err.to_string().contains("cannot wait"), "{err}");
+    assert!(format!("{:?}", err).contains("at most 64"), "{err:?}");
+}
