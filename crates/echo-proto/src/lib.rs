@@ -29,9 +29,14 @@ use std::io::{self, ErrorKind, Read, Write};
 pub use printable::Printable;
 pub use splice::echo_tcp;
 
-/// Bytes moved per `read(2)`: large enough for bulk throughput, small enough
-/// to keep a process-per-connection child light.
+/// Bytes moved per `read(2)` once an exchange has shown it is bulk (a read
+/// filled the first, small buffer): large enough for bulk throughput.
 pub const BUFFER_SIZE: usize = 64 * 1024;
+
+/// The stack buffer an exchange starts with, until a read fills it: one page,
+/// so a process-per-connection child serving small requests stays light (a
+/// 64 KiB buffer, zeroed, would be 16 pages of private memory per child).
+const SMALL_BUFFER_SIZE: usize = 4 * 1024;
 
 /// How many bytes an exchange read and wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -125,10 +130,15 @@ pub fn relay<R: Read, W: Write>(reader: R, writer: W) -> Result<Totals, EchoErro
 }
 
 fn copy<R: Read, W: Write>(mut reader: R, mut writer: W, log: bool) -> Result<Totals, EchoError> {
-    let mut buf = vec![0; BUFFER_SIZE];
+    // A small buffer on the stack first: a request/response exchange never
+    // needs more, and a process-per-connection child stays a few pages. The
+    // first read that fills it moves the copy to a full-size buffer.
+    let mut small = [0; SMALL_BUFFER_SIZE];
+    let mut large = Vec::new();
     let mut totals = Totals::default();
     loop {
-        let n = match reader.read(&mut buf) {
+        let buf: &mut [u8] = if large.is_empty() { &mut small } else { &mut large };
+        let n = match reader.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(err) if err.kind() == ErrorKind::Interrupted => continue,
@@ -138,7 +148,11 @@ fn copy<R: Read, W: Write>(mut reader: R, mut writer: W, log: bool) -> Result<To
         if log {
             tracing::debug!(bytes = n, data = %Printable(&buf[..n]), "received");
         }
+        let full = n == buf.len();
         write_counted(&mut writer, &buf[..n], &mut totals)?;
+        if full && large.is_empty() {
+            large = vec![0; BUFFER_SIZE];
+        }
     }
     writer.flush().map_err(|source| EchoError::Write { totals, source })?;
     Ok(totals)

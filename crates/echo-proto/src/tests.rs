@@ -385,3 +385,33 @@ fn echo_tcp_reports_a_reset_as_a_read_error_with_totals() {
     });
     assert_eq!(&five, b"hello");
 }
+
+/// Hands out `pieces` in turn, noting how large a buffer each read offered.
+struct Offered {
+    pieces: VecDeque<usize>,
+    offered: Vec<usize>,
+}
+
+impl Read for Offered {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.offered.push(buf.len());
+        let n = self.pieces.pop_front().unwrap_or(0).min(buf.len());
+        buf[..n].fill(b'z');
+        Ok(n)
+    }
+}
+
+#[test]
+fn small_exchanges_use_a_small_buffer_and_bulk_a_large_one() {
+    // Request/response sized reads never get the large buffer.
+    let mut small = Offered { pieces: [64, 4095, 1].into(), offered: Vec::new() };
+    echo(&mut small, io::sink()).unwrap();
+    assert!(small.offered.iter().all(|&len| len < BUFFER_SIZE), "{:?}", small.offered);
+    // A read that fills the small buffer: bulk, so every later read may fill
+    // the large one.
+    let mut bulk = Offered { pieces: [64, usize::MAX, usize::MAX, 3].into(), offered: Vec::new() };
+    let totals = echo(&mut bulk, io::sink()).unwrap();
+    let small_len = bulk.offered[0];
+    assert_eq!(bulk.offered, [small_len, small_len, BUFFER_SIZE, BUFFER_SIZE, BUFFER_SIZE]);
+    assert_eq!(totals.received, (64 + small_len + BUFFER_SIZE + 3) as u64);
+}

@@ -28,7 +28,7 @@ pub(crate) fn serve(conn: Connection, idle_timeout: Option<Duration>) -> i32 {
         return INTERNAL_ERROR;
     }
     debug!("serving");
-    match echo_proto::echo_tcp(&stream) {
+    match echo_proto::echo(&stream, &stream) {
         Ok(totals) => {
             info!(received = totals.received, sent = totals.sent, "peer closed the connection");
             CLEAN
