@@ -22,12 +22,10 @@
 #![deny(missing_docs)]
 
 mod printable;
-mod splice;
 
 use std::io::{self, ErrorKind, Read, Write};
 
 pub use printable::Printable;
-pub use splice::echo_tcp;
 
 /// Bytes moved per `read(2)` once an exchange has shown it is bulk (a read
 /// filled the first, small buffer): large enough for bulk throughput.
