@@ -75,8 +75,10 @@ pub(super) const SERVERS: &[Spec] = &[
     Spec {
         name: "socat",
         program: Program::Installed("socat"),
-        // The listen backlog is 5 unless set: 128, as for the others.
-        args: &["TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=128", "PIPE"],
+        // The listen backlog is 5 unless set: 128, as for the others. `-t`:
+        // after the client's EOF socat waits only 0.5 s (its default) for the
+        // echo still in flight and then closes, which cut bulk echoes short.
+        args: &["-t", "30", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=128", "PIPE"],
         workloads: Workload::ALL,
     },
     Spec {
