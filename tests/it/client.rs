@@ -269,3 +269,55 @@ fn a_short_echo_in_stream_mode_fails_with_the_counts() {
     .unwrap();
     assert_eq!(done.stdout, input[..50_000]);
 }
+
+#[test]
+fn check_passes_against_the_server_and_prints_the_times() {
+    let server = server("127.0.0.1", &[]);
+    let done = client(server.addr(), &["--check", "--timeout", "5"]).finish(TIMEOUT).unwrap();
+    let out = String::from_utf8_lossy(&done.stdout).into_owned();
+    assert!(done.status.success(), "{out} {:?}", done.stderr);
+    let expected = format!("ok {}: connected in ", server.addr());
+    assert!(out.starts_with(&expected) && out.contains(" ms, echoed 33 bytes in "), "{out}");
+    assert!(out.trim_end().ends_with(" ms") && out.lines().count() == 1, "{out}");
+    // The probe's connection was a real one: served and ended cleanly.
+    server.wait_for_log(&["child exited with status 0"], 1, TIMEOUT).unwrap();
+}
+
+#[test]
+fn check_fails_on_an_echo_that_is_not_the_token() {
+    let (listener, addr) = listener();
+    let probe = client(addr, &["--check", "--timeout", "5"]);
+    let mut stream = accept(&listener);
+    let mut token = [0; 33];
+    stream.read_exact(&mut token).unwrap();
+    // Same length, last digit changed: a canned or stale reply.
+    assert_eq!(token[32], b'\n');
+    token[31] = if token[31] == b'0' { b'1' } else { b'0' };
+    stream.write_all(&token).unwrap();
+    let done = probe.finish(TIMEOUT).unwrap();
+    done.expect_error(1, &[&format!("server {addr} sent back something other than the 33 bytes")])
+        .unwrap();
+    assert!(done.stdout.is_empty());
+}
+
+#[test]
+fn check_gives_up_at_its_timeout_on_a_silent_server() {
+    let (listener, addr) = listener();
+    let started = Instant::now();
+    let probe = client(addr, &["--check", "--timeout", "0.5"]);
+    let _silent = accept(&listener);
+    let done = probe.finish(TIMEOUT).unwrap();
+    let waited = started.elapsed();
+    done.expect_error(1, &[&format!("server {addr} did not echo the token within 0.5 s")]).unwrap();
+    assert!(waited < Duration::from_secs(4), "gave up after {waited:?}");
+}
+
+#[test]
+fn check_needs_a_timeout_and_reports_a_refused_connection() {
+    let (listener, addr) = listener();
+    let done = client(addr, &["--check", "--timeout", "0"]).finish(TIMEOUT).unwrap();
+    done.expect_error(1, &["--check needs a --timeout of more than 0"]).unwrap();
+    drop(listener);
+    let done = client(addr, &["--check"]).finish(TIMEOUT).unwrap();
+    done.expect_error(1, &[&format!("cannot connect to {addr}"), "refused"]).unwrap();
+}

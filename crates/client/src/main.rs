@@ -70,6 +70,14 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = watch::parse_timeout)]
     timeout: Duration,
 
+    /// Health probe for monitoring: connect, send a random token, check that
+    /// exactly the token comes back, print the times on standard output, and
+    /// exit 0, or 1 with the reason. `--timeout` bounds the whole probe (and
+    /// is then required to be more than 0). Standard input is not read.
+    /// Example: `echo-client --check --timeout 2 db1.example.org 7`.
+    #[arg(long, conflicts_with = "mode")]
+    check: bool,
+
     /// Log more (-v, -vv) to standard error.
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -111,6 +119,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), Failure> {
+    if args.check {
+        return check(args);
+    }
     let (stream, server) = netcore::connect(&args.host, args.port, Some(args.connect_timeout))
         .map_err(Failure::connect)?;
     let connection = |source| Failure::connection(server, source);
@@ -139,6 +150,72 @@ fn run(args: &Args) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `--check`: one round trip of a random token within `--timeout`; prints
+/// `ok SERVER: connected in T ms, echoed N bytes in T ms`.
+fn check(args: &Args) -> Result<(), Failure> {
+    let started = Instant::now();
+    let limit = Some(args.timeout).filter(|limit| !limit.is_zero()).ok_or(Failure::NoLimit)?;
+    let (stream, server) =
+        netcore::connect(&args.host, args.port, Some(args.connect_timeout.min(limit)))
+            .map_err(Failure::connect)?;
+    let connected = started.elapsed();
+    let connection = |source| Failure::connection(server, source);
+    if let Some(err) = stream.take_error().map_err(connection)? {
+        return Err(connection(err));
+    }
+    stream.set_nodelay(true).map_err(connection)?;
+    // Whatever is left of the limit bounds each wait; a server that trickles
+    // is still cut off at the limit, by the check below.
+    let left = limit.checked_sub(connected).filter(|left| !left.is_zero());
+    let late = |received| Failure::ProbeTimedOut { server, limit, received };
+    let left = left.ok_or(late(0))?;
+    stream.set_read_timeout(Some(left)).map_err(connection)?;
+    stream.set_write_timeout(Some(left)).map_err(connection)?;
+    let token = token();
+    let sent_at = Instant::now();
+    let mut reply = Vec::new();
+    echo_proto::round_trip(&stream, &token, &mut reply).map_err(|err| {
+        let totals = err.totals();
+        let timed_out = |kind| matches!(kind, io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
+        match err {
+            EchoError::Closed { .. } => {
+                Failure::Closed { server, sent: Some(totals.sent), received: totals.received }
+            }
+            _ if err.io_error().is_some_and(|e| timed_out(e.kind())) => late(totals.received),
+            EchoError::Read { source, .. } | EchoError::Write { source, .. } => {
+                Failure::connection(server, source)
+            }
+            other => Failure::Connection { server, source: io::Error::other(other.to_string()) },
+        }
+    })?;
+    let round_trip = sent_at.elapsed();
+    if started.elapsed() > limit {
+        return Err(late(reply.len() as u64));
+    }
+    if reply != token {
+        return Err(Failure::WrongEcho { server, bytes: token.len() });
+    }
+    let millis = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "ok {server}: connected in {:.3} ms, echoed {} bytes in {:.3} ms",
+        millis(connected),
+        token.len(),
+        millis(round_trip)
+    );
+    Ok(())
+}
+
+/// 32 random hexadecimal digits and a newline: a line any echo server
+/// handles, and one a stale or canned reply cannot match.
+fn token() -> Vec<u8> {
+    use std::hash::BuildHasher;
+    // Each `RandomState` is keyed from the OS's random source (per thread,
+    // then varied per instance), so two hashes make 128 unpredictable bits.
+    let state = std::collections::hash_map::RandomState::new();
+    let (high, low) = (state.hash_one(std::process::id()), state.hash_one(Instant::now()));
+    format!("{high:016x}{low:016x}\n").into_bytes()
+}
+
 /// Why a session ended badly; each variant is one line for the user.
 #[derive(Debug)]
 enum Failure {
@@ -157,6 +234,12 @@ enum Failure {
     /// The server closed before echoing everything; `sent` is `None` when
     /// it is not known how much input went out.
     Closed { server: SocketAddr, sent: Option<u64>, received: u64 },
+    /// `--check`: the server sent back something other than the token.
+    WrongEcho { server: SocketAddr, bytes: usize },
+    /// `--check` with `--timeout 0`: a probe must have a limit.
+    NoLimit,
+    /// `--check`: the token's echo was not all back within the limit.
+    ProbeTimedOut { server: SocketAddr, limit: Duration, received: u64 },
 }
 
 impl fmt::Display for Failure {
@@ -183,6 +266,15 @@ impl fmt::Display for Failure {
                 f,
                 "server {server} closed the connection before all input was sent \
                  (received {received} bytes)"
+            ),
+            Self::WrongEcho { server, bytes } => {
+                write!(f, "server {server} sent back something other than the {bytes} bytes sent")
+            }
+            Self::NoLimit => write!(f, "--check needs a --timeout of more than 0"),
+            Self::ProbeTimedOut { server, limit, received } => write!(
+                f,
+                "server {server} did not echo the token within {} s (received {received} bytes)",
+                limit.as_secs_f64()
             ),
         }
     }
