@@ -156,3 +156,41 @@ fn what_a_client_can_cause_is_no_warning() {
         "{warnings:#?}"
     );
 }
+
+#[test]
+fn json_lines_are_objects_with_time_level_message_and_fields() {
+    let server = crate::server("127.0.0.1", &["--log-format", "json"]);
+    let mut stream = crate::connect(&server);
+    crate::echo(&mut stream, b"json?");
+    drop(stream);
+    server.wait_for_log(&["child exited with status 0"], 1, TIMEOUT).unwrap();
+    let lines: Vec<serde_json::Value> = server
+        .log()
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    for line in &lines {
+        let time = line["timestamp"].as_str().unwrap_or_default();
+        assert!(time.len() == 27 && time.ends_with('Z'), "timestamp: {line}");
+        assert!(["INFO", "WARN", "ERROR", "DEBUG"].contains(&line["level"].as_str().unwrap()));
+        assert!(line["message"].is_string() && line["target"].is_string(), "{line}");
+    }
+    let find = |message: &str| {
+        let found = lines.iter().find(|line| line["message"].as_str() == Some(message));
+        found.unwrap_or_else(|| panic!("no {message:?} in {lines:#?}")).clone()
+    };
+    let listening = find(&format!("listening on {}", server.addr()));
+    assert_eq!(listening["pid"].as_i64(), Some(i64::from(server.pid())));
+    // The parent's lines carry the child's pid as a number and the peer; the
+    // child's own line carries them in its span.
+    let accepted = find("accepted a connection");
+    let child = accepted["pid"].as_i64().expect("pid is a number");
+    let peer = accepted["peer"].as_str().unwrap();
+    assert!(peer.starts_with("127.0.0.1:"), "{accepted}");
+    let served = find("peer closed the connection");
+    assert_eq!((served["received"].as_u64(), served["sent"].as_u64()), (Some(5), Some(5)));
+    assert_eq!(served["span"]["pid"].as_i64(), Some(child), "{served}");
+    assert_eq!(served["span"]["peer"].as_str(), Some(peer), "{served}");
+    let reaped = find("child exited with status 0");
+    assert_eq!((reaped["pid"].as_i64(), reaped["peer"].as_str()), (Some(child), Some(peer)));
+}

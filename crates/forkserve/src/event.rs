@@ -227,7 +227,9 @@ impl Event<'_> {
                 let pid = std::process::id();
                 info!(target: "forkserve::listening", pid, "listening on {addr}");
             }
-            Self::Accepted { pid, peer } => info!(%pid, %peer, "accepted a connection"),
+            Self::Accepted { pid, peer } => {
+                info!(pid = pid.as_raw(), %peer, "accepted a connection")
+            }
             Self::Refused { peer, reason } if suppressed > 0 => {
                 info!(%peer, reason, suppressed, "refused a connection");
             }
@@ -249,9 +251,9 @@ impl Event<'_> {
                     _ => !shutting_down,
                 };
                 if troubled {
-                    warn!(%pid, peer, "child {exit}");
+                    warn!(pid = pid.as_raw(), peer, "child {exit}");
                 } else {
-                    info!(%pid, peer, "child {exit}");
+                    info!(pid = pid.as_raw(), peer, "child {exit}");
                 }
             }
             Self::LimitReached { limit } if suppressed > 0 => {

@@ -522,7 +522,7 @@ impl<W> Drop for Supervisor<W> {
             while !self.children.is_empty() && Instant::now() < deadline {
                 match self.children.reap() {
                     Ok(Some(reaped)) => {
-                        tracing::info!(pid = %reaped.pid, "child {}", reaped.exit);
+                        tracing::info!(pid = reaped.pid.as_raw(), "child {}", reaped.exit);
                     }
                     Ok(None) => std::thread::sleep(Duration::from_millis(10)),
                     Err(_) => break,

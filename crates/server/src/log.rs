@@ -13,6 +13,7 @@ use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -26,10 +27,22 @@ const ALWAYS: [&str; 2] = ["forkserve::listening=info", "forkserve::counters=inf
 /// fits entirely or not at all, never half a line.
 const MAX_LINE: usize = 4096;
 
-/// Sets up logging to standard error at `level`, unless `RUST_LOG` names a
-/// valid filter; an invalid one gets a warning and `level`. The `listening
-/// on` line and the counters are written whatever the filter says.
-pub(crate) fn init(level: &str) {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// One line of text per event, for people.
+    Text,
+    /// One JSON object per line, for machines: `timestamp`, `level`,
+    /// `message`, `target`, the event's fields, and under `span` the
+    /// connection's (`pid`, `peer`) for lines a child writes.
+    Json,
+}
+
+/// Sets up logging to standard error at `level`, in `format`, unless
+/// `RUST_LOG` names a valid filter; an invalid one gets a warning and
+/// `level`. The `listening on` line and the counters are written whatever
+/// the filter says.
+pub(crate) fn init(level: &str, format: Format) {
     let (filter, invalid) = match std::env::var("RUST_LOG") {
         Ok(value) if !value.trim().is_empty() => match EnvFilter::builder().parse(&value) {
             Ok(filter) => (filter, None),
@@ -41,11 +54,22 @@ pub(crate) fn init(level: &str) {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(Stderr::open())
-        .with_ansi(io::stderr().is_terminal())
-        .init();
+    let writer = Stderr::open(format);
+    match format {
+        Format::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .with_ansi(io::stderr().is_terminal())
+            .init(),
+        Format::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .init(),
+    }
     if let Some((value, err)) = invalid {
         tracing::warn!("ignoring RUST_LOG={value:?} ({err}); logging at the default level");
     }
@@ -83,9 +107,17 @@ fn drop_line() {
     DROPPED_TOTAL.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Standard error, opened for writes that never block.
+/// Standard error, opened for writes that never block, and the format of the
+/// note about lost lines.
 #[derive(Debug)]
-enum Stderr {
+struct Stderr {
+    sink: Sink,
+    format: Format,
+}
+
+/// Where [`Stderr`] writes.
+#[derive(Debug)]
+enum Sink {
     /// A pipe or a terminal, reopened through `/proc/self/fd/2` as a new
     /// open file description of its own, non-blocking: the flag does not
     /// reach the shell or anyone else sharing the original.
@@ -97,7 +129,7 @@ enum Stderr {
     Direct,
 }
 
-impl Stderr {
+impl Sink {
     fn open() -> Self {
         let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return Self::Direct };
         let kind = meta.file_type();
@@ -126,6 +158,12 @@ impl Stderr {
             Self::Direct => io::stderr().write(bytes),
         }
     }
+}
+
+impl Stderr {
+    fn open(format: Format) -> Self {
+        Self { sink: Sink::open(), format }
+    }
 
     /// Writes one whole line, or drops and counts it; first says how many
     /// lines were dropped before, if any and if that fits.
@@ -133,12 +171,7 @@ impl Stderr {
         claim_counters();
         let dropped = DROPPED.load(Ordering::Relaxed);
         if dropped > 0 {
-            // Parent and children share standard error: the pid says whose.
-            let note = format!(
-                "{dropped} log line(s) dropped by process {}: standard error was not being read \
-                 fast enough\n",
-                std::process::id()
-            );
+            let note = loss_note(self.format, dropped, std::process::id(), SystemTime::now());
             if !self.write_whole(note.as_bytes()) {
                 drop_line();
                 return;
@@ -153,7 +186,7 @@ impl Stderr {
     /// One write of the whole of `bytes`; false if it did not all go out.
     fn write_whole(&self, bytes: &[u8]) -> bool {
         loop {
-            match self.try_write(bytes) {
+            match self.sink.try_write(bytes) {
                 Ok(written) => return written == bytes.len(),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return false,
@@ -168,6 +201,49 @@ impl<'a> MakeWriter<'a> for Stderr {
     fn make_writer(&'a self) -> Self::Writer {
         Line { sink: self, bytes: Vec::with_capacity(256) }
     }
+}
+
+/// The line that says `dropped` lines were lost by process `pid` (parent and
+/// children share standard error: the pid says whose), in `format`.
+fn loss_note(format: Format, dropped: u64, pid: u32, now: SystemTime) -> String {
+    let message = format!(
+        "{dropped} log line(s) dropped by process {pid}: standard error was not being read \
+         fast enough"
+    );
+    match format {
+        Format::Text => format!("{message}\n"),
+        // The message holds no character JSON must escape.
+        Format::Json => format!(
+            "{{\"timestamp\":\"{}\",\"level\":\"WARN\",\"message\":\"{message}\",\
+             \"dropped\":{dropped},\"pid\":{pid},\"target\":\"echo_server::log\"}}\n",
+            rfc3339(now)
+        ),
+    }
+}
+
+/// `time` as UTC in RFC 3339 with microseconds (`2026-11-28T17:20:00.123456Z`),
+/// as tracing-subscriber writes its timestamps.
+fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_micros()
+    )
 }
 
 /// One log line being formatted; written (or dropped) as a whole on drop.
@@ -217,5 +293,33 @@ mod tests {
         // Its own losses are then its own.
         drop_line();
         assert_eq!(dropped_total(), 1);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let at = |secs: u64, micros: u32| {
+            SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, micros * 1000)
+        };
+        assert_eq!(rfc3339(at(0, 0)), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(at(951_782_400, 5)), "2000-02-29T00:00:00.000005Z");
+        assert_eq!(rfc3339(at(1_795_824_000 + 3_723, 999_999)), "2026-11-28T01:02:03.999999Z");
+        assert_eq!(rfc3339(at(4_107_542_399, 0)), "2100-02-28T23:59:59.000000Z");
+    }
+
+    #[test]
+    fn the_loss_note_is_one_line_of_text_or_one_json_object() {
+        let now = SystemTime::UNIX_EPOCH;
+        let text = loss_note(Format::Text, 7, 42, now);
+        assert_eq!(
+            text,
+            "7 log line(s) dropped by process 42: standard error was not being read fast enough\n"
+        );
+        let json = loss_note(Format::Json, 7, 42, now);
+        assert!(json.ends_with("}\n") && json.lines().count() == 1, "{json}");
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["timestamp"], "1970-01-01T00:00:00.000000Z");
+        assert_eq!(value["level"], "WARN");
+        assert_eq!(value["message"], text.trim_end());
+        assert_eq!((value["dropped"].as_u64(), value["pid"].as_u64()), (Some(7), Some(42)));
     }
 }

@@ -91,6 +91,12 @@ struct Args {
     /// Log only warnings and errors.
     #[arg(short, long)]
     quiet: bool,
+
+    /// Log lines as text, or as one JSON object per line (`timestamp`,
+    /// `level`, `message`, `target`, the fields, and the connection's `pid`
+    /// and `peer` under `span` for a child's lines).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = log::Format::Text)]
+    log_format: log::Format,
 }
 
 /// A timeout: 0 (never), or at least a millisecond, so that a tiny value is
@@ -114,12 +120,15 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // Whatever the level, the `listening on` line is written: with port 0
     // nothing else tells where the server listens.
-    log::init(match (args.quiet, args.verbose) {
-        (true, _) => "warn",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        (false, _) => "trace",
-    });
+    log::init(
+        match (args.quiet, args.verbose) {
+            (true, _) => "warn",
+            (false, 0) => "info",
+            (false, 1) => "debug",
+            (false, _) => "trace",
+        },
+        args.log_format,
+    );
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
