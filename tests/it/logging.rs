@@ -189,8 +189,36 @@ fn json_lines_are_objects_with_time_level_message_and_fields() {
     assert!(peer.starts_with("127.0.0.1:"), "{accepted}");
     let served = find("peer closed the connection");
     assert_eq!((served["received"].as_u64(), served["sent"].as_u64()), (Some(5), Some(5)));
+    let duration = served["duration_ms"].as_f64().expect("duration_ms is a number");
+    assert!((0.0..10_000.0).contains(&duration), "{served}");
     assert_eq!(served["span"]["pid"].as_i64(), Some(child), "{served}");
     assert_eq!(served["span"]["peer"].as_str(), Some(peer), "{served}");
     let reaped = find("child exited with status 0");
     assert_eq!((reaped["pid"].as_i64(), reaped["peer"].as_str()), (Some(child), Some(peer)));
+}
+
+#[test]
+fn a_status_line_marks_each_tenth_of_the_child_limit_crossed() {
+    let server = crate::server("127.0.0.1", &["--max-children", "20"]);
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut stream = crate::connect(&server);
+        crate::echo(&mut stream, b"up");
+        held.push(stream);
+    }
+    server.wait_for_children(5, TIMEOUT).unwrap();
+    // One at a time on the way down, so each step is reaped on its own.
+    while let Some(stream) = held.pop() {
+        drop(stream);
+        server.wait_for_children(held.len(), TIMEOUT).unwrap();
+    }
+    server.wait_for_log(&["child exited with status 0"], 5, TIMEOUT).unwrap();
+    let status: Vec<String> = server
+        .log()
+        .iter()
+        .filter_map(|line| line.split_once("status: ").map(|(_, rest)| rest.to_owned()))
+        .map(|rest| rest.split_whitespace().next().unwrap_or_default().to_owned())
+        .collect();
+    // Two children are a tenth of 20: up at 2 and 4, down at 3 and 1.
+    assert_eq!(status, ["2/20", "4/20", "3/20", "1/20"], "{:#?}", server.log());
 }

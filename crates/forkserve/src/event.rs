@@ -111,6 +111,15 @@ pub enum Event<'a> {
         /// Children alive now.
         children: usize,
     },
+    /// The number of live children crossed a tenth of the limit, up or down
+    /// (info: `status: N/M`, as tcpserver says it): load at a glance, a few
+    /// lines however busy the server is.
+    Status {
+        /// Children alive now.
+        children: usize,
+        /// The child limit.
+        limit: usize,
+    },
     /// `accept(2)` failed in a way worth retrying at once (debug).
     AcceptRetried {
         /// The failure.
@@ -265,6 +274,9 @@ impl Event<'_> {
             }
             Self::LimitCleared { children } => {
                 info!(children, "below the child limit; accepting again");
+            }
+            Self::Status { children, limit } => {
+                info!(children, limit, "status: {children}/{limit}")
             }
             Self::AcceptRetried { error } => {
                 debug!(error = chain(error), "accept failed; retrying");

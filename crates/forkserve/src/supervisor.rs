@@ -106,6 +106,8 @@ pub(crate) struct Supervisor<W> {
     accept_trouble: Episode,
     /// Consecutive fork failures.
     fork_trouble: Episode,
+    /// Tenths of the child limit in use at the last [`Event::Status`].
+    status_tenth: usize,
     /// The child limit was reached (and reported).
     at_limit: bool,
     /// The last "limit reached" was logged, so its end is logged too.
@@ -136,6 +138,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             paused_until: None,
             accept_trouble: Episode::default(),
             fork_trouble: Episode::default(),
+            status_tenth: 0,
             at_limit: false,
             limit_logged: false,
             refusal_log: Throttle::new(REFUSALS_LOGGED_EVERY),
@@ -303,8 +306,20 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 self.admit.release(peer);
             }
             self.report(&Event::Reaped { pid: reaped.pid, peer: reaped.info, exit: reaped.exit });
+            self.report_status();
         }
         Ok(())
+    }
+
+    /// Reports [`Event::Status`] when the live children have crossed a tenth
+    /// of the limit since the last report.
+    fn report_status(&mut self) {
+        let (children, limit) = (self.children.len(), self.settings.max_children);
+        let tenth = children.saturating_mul(10) / limit.max(1);
+        if tenth != self.status_tenth {
+            self.status_tenth = tenth;
+            self.report(&Event::Status { children, limit });
+        }
     }
 
     /// A shutdown signal: the first starts shutdown (`fast` skips the grace
@@ -479,6 +494,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 self.stats.accepted += 1;
                 self.children.insert(pid, peer);
                 self.report(&Event::Accepted { pid, peer });
+                self.report_status();
                 // `stream` is dropped here, closing the parent's copy.
             }
             // Out of processes or memory, or /proc unreadable for a moment: worth

@@ -3,7 +3,7 @@
 //! parent-death signal, idle timeout) and entered its `conn{pid, peer}` span.
 
 use std::io::ErrorKind;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use forkserve::Connection;
 use tracing::{debug, info, warn};
@@ -28,9 +28,14 @@ pub(crate) fn serve(conn: Connection, idle_timeout: Option<Duration>) -> i32 {
         return INTERNAL_ERROR;
     }
     debug!("serving");
-    match echo_proto::echo(&stream, &stream) {
+    let started = Instant::now();
+    let result = echo_proto::echo(&stream, &stream);
+    // Milliseconds, to the microsecond: a number in JSON logs.
+    let duration_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    match result {
         Ok(totals) => {
-            info!(received = totals.received, sent = totals.sent, "peer closed the connection");
+            let (received, sent) = (totals.received, totals.sent);
+            info!(received, sent, duration_ms, "peer closed the connection");
             CLEAN
         }
         Err(err) => {
@@ -40,10 +45,13 @@ pub(crate) fn serve(conn: Connection, idle_timeout: Option<Duration>) -> i32 {
             if err.io_error().is_some_and(|e| e.kind() == ErrorKind::WouldBlock) {
                 let secs = idle_timeout.unwrap_or_default().as_secs_f64();
                 // A client can cause this at will: not a warning.
-                info!(received, sent, "peer idle for {secs} s; closing the connection");
+                info!(
+                    received,
+                    sent, duration_ms, "peer idle for {secs} s; closing the connection"
+                );
                 return IDLE;
             }
-            info!(received, sent, "connection failed: {}", crate::chain(&err));
+            info!(received, sent, duration_ms, "connection failed: {}", crate::chain(&err));
             IO_ERROR
         }
     }
