@@ -11,6 +11,7 @@ mod hygiene;
 mod limits;
 mod logging;
 mod policy;
+mod readiness;
 mod reaping;
 mod shutdown;
 mod signals;

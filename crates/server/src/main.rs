@@ -10,6 +10,7 @@
 mod addr;
 mod conn;
 mod log;
+mod notify;
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -144,20 +145,53 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     // start-up becomes a clean exit.
     let addrs: Vec<SocketAddr> = args.bind.iter().map(|addr| addr.with_port(args.port)).collect();
     let idle_timeout = Some(Duration::from_secs_f64(args.idle_timeout)).filter(|t| !t.is_zero());
+    let notifier = notify::Notifier::from_env();
+    let mut readiness = Readiness { listeners: addrs.len(), listening: Vec::new() };
     let server = forkserve::Server::bind(&addrs, args.backlog)?
         .max_children(usize::try_from(args.max_children)?)
         .grace(Duration::from_secs_f64(args.grace))
         .idle_timeout(idle_timeout)
         .admit(policy(args)?)
-        .on_event(|event| {
+        .on_event(move |event| {
             // The log's own counter, beside the loop's (SIGUSR1, shutdown).
             if let forkserve::Event::Stats { .. } | forkserve::Event::Finished { .. } = event {
                 let dropped = log::dropped_total();
                 tracing::info!(target: "forkserve::counters", "log lines dropped: {dropped}");
             }
+            if let Some(notifier) = &notifier {
+                readiness.report(notifier, event);
+            }
         });
     server.serve(|conn| conn::serve(conn, idle_timeout))?;
     Ok(())
+}
+
+/// What the service manager is told, and when (see `notify`).
+#[derive(Debug)]
+struct Readiness {
+    /// Listeners to wait for before `READY=1`.
+    listeners: usize,
+    /// Those listening so far.
+    listening: Vec<SocketAddr>,
+}
+
+impl Readiness {
+    fn report(&mut self, notifier: &notify::Notifier, event: &forkserve::Event<'_>) {
+        match *event {
+            forkserve::Event::Listening { addr } => {
+                self.listening.push(addr);
+                if self.listening.len() == self.listeners {
+                    let addrs: Vec<String> = self.listening.iter().map(|a| a.to_string()).collect();
+                    notifier.send(&format!("READY=1\nSTATUS=listening on {}", addrs.join(", ")));
+                }
+            }
+            forkserve::Event::Status { children, limit } => {
+                notifier.send(&format!("STATUS={children}/{limit} children"));
+            }
+            forkserve::Event::ShutdownStarted { .. } => notifier.send("STOPPING=1"),
+            _ => {}
+        }
+    }
 }
 
 /// The access rules and limits decided before fork, from the arguments.
