@@ -3,6 +3,7 @@
 //! ports, and the tidy checks of the architecture's rules. One module per topic.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod activation;
 mod bad_input;
 mod client;
 mod echo;
@@ -79,7 +80,7 @@ fn tool_or_skip(program: &str) -> bool {
         .status()
         .is_ok_and(|status| status.success());
     if !runs {
-        skip(&current_test(), &format!("needs {program} (util-linux), which does not run here"));
+        skip(&current_test(), &format!("needs {program}, which does not run here"));
     }
     runs
 }

@@ -14,6 +14,7 @@ mod notify;
 
 use std::error::Error;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -146,8 +147,19 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     let addrs: Vec<SocketAddr> = args.bind.iter().map(|addr| addr.with_port(args.port)).collect();
     let idle_timeout = Some(Duration::from_secs_f64(args.idle_timeout)).filter(|t| !t.is_zero());
     let notifier = notify::Notifier::from_env();
-    let mut readiness = Readiness { listeners: addrs.len(), listening: Vec::new() };
-    let server = forkserve::Server::bind(&addrs, args.backlog)?
+    let (server, listeners) = match inherited_listeners()? {
+        Some(listeners) => {
+            let count = listeners.len();
+            tracing::info!(
+                "serving {count} socket(s) passed by the service manager (LISTEN_FDS); \
+                 PORT and --bind are not used"
+            );
+            (forkserve::Server::new(listeners)?, count)
+        }
+        None => (forkserve::Server::bind(&addrs, args.backlog)?, addrs.len()),
+    };
+    let mut readiness = Readiness { listeners, listening: Vec::new() };
+    let server = server
         .max_children(usize::try_from(args.max_children)?)
         .grace(Duration::from_secs_f64(args.grace))
         .idle_timeout(idle_timeout)
@@ -164,6 +176,27 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         });
     server.serve(|conn| conn::serve(conn, idle_timeout))?;
     Ok(())
+}
+
+/// The listeners a service manager passed (systemd's `LISTEN_FDS`, with
+/// `LISTEN_PID` naming this process), if any; the variables are removed so no
+/// child sees them. A passed descriptor that is not a listening TCP socket is
+/// an error.
+fn inherited_listeners() -> Result<Option<Vec<forkserve::Listener>>, Box<dyn Error>> {
+    let mut passed = listenfd::ListenFd::from_env();
+    if passed.len() == 0 {
+        return Ok(None);
+    }
+    let mut listeners = Vec::with_capacity(passed.len());
+    for index in 0..passed.len() {
+        let fd = index + 3;
+        let listener = passed
+            .take_tcp_listener(index)
+            .map_err(|err| format!("LISTEN_FDS: descriptor {fd}: {err}"))?
+            .ok_or_else(|| format!("LISTEN_FDS: descriptor {fd} was already taken"))?;
+        listeners.push(forkserve::Listener::from_fd(OwnedFd::from(listener))?);
+    }
+    Ok(Some(listeners))
 }
 
 /// What the service manager is told, and when (see `notify`).
