@@ -1,6 +1,8 @@
-//! Socket activation as systemd does it (`LISTEN_FDS`, `Accept=no`), driven
-//! by systemd-socket-activate (package systemd), which binds, waits for the
-//! first client, then execs the server with the socket as descriptor 3.
+//! Socket activation as systemd does it, driven by systemd-socket-activate
+//! (package systemd): `Accept=no` (it binds, waits for the first client, then
+//! execs the server with the listening socket as descriptor 3, `LISTEN_FDS`),
+//! and `Accept=yes`, inetd style (it accepts, and starts `echo-server
+//! --inetd` for each connection with the connection on stdin and stdout).
 //!
 //! systemd-socket-activate refuses port 0, so each test asks the kernel for a
 //! free ephemeral port on 127.0.0.1 and hands that over (retried if another
@@ -14,13 +16,13 @@ use integration_tests::{TIMEOUT, binary, wait_until};
 
 /// systemd-socket-activate listening on a free port of 127.0.0.1, about to
 /// start `echo-server ARGS` on the first connection, and that address.
-fn activate(listen: Option<&str>, args: &[&str]) -> (Running, SocketAddr) {
+fn activate(flags: &[&str], listen: Option<&str>, args: &[&str]) -> (Running, SocketAddr) {
     let server = binary("echo-server").unwrap();
     for _ in 0..5 {
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let listen = listen.map_or_else(|| addr.to_string(), str::to_owned);
         let mut command = Command::new("systemd-socket-activate");
-        command.args(["-l", &listen]).arg(&server).args(args).env_remove("RUST_LOG");
+        command.args(flags).args(["-l", &listen]).arg(&server).args(args).env_remove("RUST_LOG");
         let mut manager = Running::spawn(command).unwrap();
         let up = wait_until(TIMEOUT, "systemd-socket-activate listening", || {
             let log = manager.stderr();
@@ -43,7 +45,7 @@ fn the_server_serves_the_socket_systemd_passes() {
     }
     // PORT and --bind are given, and must not be used: the passed socket is
     // (were they used, the server would listen elsewhere and never answer).
-    let (mut server, addr) = activate(None, &["0", "--bind", "127.0.0.1"]);
+    let (mut server, addr) = activate(&[], None, &["0", "--bind", "127.0.0.1"]);
     // The first client starts the server, and is served by it.
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -75,7 +77,7 @@ fn a_passed_descriptor_that_is_not_a_tcp_listener_is_an_error() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("unix.sock");
     let _ = std::fs::remove_file(&path);
-    let (mut server, _) = activate(Some(path.to_str().unwrap()), &[]);
+    let (mut server, _) = activate(&[], Some(path.to_str().unwrap()), &[]);
     // A Unix socket: the first connection starts the server, which refuses it.
     let _client = wait_until(TIMEOUT, "a connection to the Unix socket", || {
         std::os::unix::net::UnixStream::connect(&path).ok()
@@ -88,4 +90,66 @@ fn a_passed_descriptor_that_is_not_a_tcp_listener_is_an_error() {
     assert_eq!(errors.len(), 1, "{log:#?}");
     assert!(errors[0].contains("LISTEN_FDS: descriptor 3"), "{log:#?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One connection's whole exchange: `message` sent, the write side shut
+/// down, everything read until the server closes.
+fn exchange(addr: SocketAddr, message: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(message).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).unwrap();
+    back
+}
+
+#[test]
+fn inetd_mode_serves_the_connection_it_is_given_and_exits() {
+    if !crate::tool_or_skip("systemd-socket-activate") {
+        return;
+    }
+    let (manager, addr) = activate(&["--inetd", "-a"], None, &["--inetd"]);
+    assert_eq!(exchange(addr, b"first"), b"first");
+    assert_eq!(exchange(addr, b"second"), b"second");
+    // One server process per connection, each gone with status 0.
+    let log = wait_until(TIMEOUT, "two servers' exits", || {
+        let log = manager.stderr();
+        let exits = log.iter().filter(|line| line.ends_with("died with code 0")).count();
+        (exits == 2).then_some(log)
+    })
+    .unwrap();
+    let served = log.iter().filter(|line| line.contains("serving one connection (inetd mode)"));
+    assert_eq!(served.count(), 2, "{log:#?}");
+}
+
+#[test]
+fn inetd_mode_applies_the_access_rules() {
+    if !crate::tool_or_skip("systemd-socket-activate") {
+        return;
+    }
+    let (manager, addr) = activate(&["--inetd", "-a"], None, &["--inetd", "--deny", "127.0.0.0/8"]);
+    // Closed unread, so the kernel may answer with a reset: either way, no
+    // echo.
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let _ = std::io::Write::write_all(&mut stream, b"let me in");
+    let mut back = Vec::new();
+    match std::io::Read::read_to_end(&mut stream, &mut back) {
+        Ok(_) => assert!(back.is_empty(), "a refused client got {back:?}"),
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+    }
+    let log = wait_until(TIMEOUT, "the refusal", || {
+        let log = manager.stderr();
+        log.iter().any(|line| line.ends_with("died with code 1")).then_some(log)
+    })
+    .unwrap();
+    assert!(log.iter().any(|line| line.contains("refused a connection: denied")), "{log:#?}");
+}
+
+#[test]
+fn inetd_mode_without_a_connection_is_a_one_line_error() {
+    let done = integration_tests::Server::run(&[], &["--inetd"], TIMEOUT).unwrap();
+    done.expect_error(1, &["standard input is not a TCP connection"]).unwrap();
 }

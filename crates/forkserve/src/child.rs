@@ -122,7 +122,7 @@ impl ChildSetup {
 }
 
 /// The span every child's work runs in: `conn{pid, peer}`.
-fn conn_span(pid: u32, peer: SocketAddr) -> tracing::Span {
+pub(crate) fn conn_span(pid: u32, peer: SocketAddr) -> tracing::Span {
     tracing::info_span!("conn", pid, %peer)
 }
 

@@ -18,6 +18,10 @@ pub enum ServeError {
     /// The server was given no listener.
     #[error("no address to listen on")]
     NoListeners,
+    /// [`Inetd::serve`](crate::Inetd::serve): standard input is not a
+    /// connected TCP socket.
+    #[error("standard input is not a TCP connection")]
+    NotAConnection(#[source] std::io::Error),
     /// More listeners than one wait can watch.
     #[error("{count} listeners: at most {max} can be served at once")]
     TooManyListeners {

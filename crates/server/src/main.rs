@@ -94,6 +94,14 @@ struct Args {
     #[arg(short, long)]
     quiet: bool,
 
+    /// Serve one connection already open on standard input and output, then
+    /// exit with its status, for inetd or xinetd (`nowait`), tcpserver, or
+    /// systemd (`Accept=yes`): they listen and fork. --allow, --deny and
+    /// --idle-timeout apply; the limits that need a listening parent do not.
+    #[arg(long, conflicts_with_all = ["port", "bind", "backlog", "max_children", "grace",
+          "max_per_ip", "max_rate"])]
+    inetd: bool,
+
     /// Log lines as text, or as one JSON object per line (`timestamp`,
     /// `level`, `message`, `target`, the fields, and the connection's `pid`
     /// and `peer` under `span` for a child's lines).
@@ -131,13 +139,25 @@ fn main() -> ExitCode {
         },
         args.log_format,
     );
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+    let outcome = if args.inetd { inetd(&args) } else { run(&args).map(|()| ExitCode::SUCCESS) };
+    match outcome {
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--inetd`: serves the one connection on standard input and exits with the
+/// child's exit code.
+fn inetd(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
+    let idle_timeout = Some(Duration::from_secs_f64(args.idle_timeout)).filter(|t| !t.is_zero());
+    let code = forkserve::Inetd::new()
+        .idle_timeout(idle_timeout)
+        .admit(policy(args)?)
+        .serve(|conn| conn::serve(conn, idle_timeout))?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)))
 }
 
 fn run(args: &Args) -> Result<(), Box<dyn Error>> {
