@@ -153,3 +153,37 @@ fn inetd_mode_without_a_connection_is_a_one_line_error() {
     let done = integration_tests::Server::run(&[], &["--inetd"], TIMEOUT).unwrap();
     done.expect_error(1, &["standard input is not a TCP connection"]).unwrap();
 }
+
+#[test]
+fn inetd_mode_runs_under_tcpserver() {
+    if !crate::installed_or_skip("tcpserver") {
+        return;
+    }
+    let server = binary("echo-server").unwrap();
+    for _ in 0..5 {
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut command = Command::new("tcpserver");
+        command.args(["-v", "-R", "-H", "-l", "0", "127.0.0.1", &addr.port().to_string()]);
+        command.arg(&server).arg("--inetd").env_remove("RUST_LOG");
+        let mut manager = Running::spawn(command).unwrap();
+        let up = wait_until(TIMEOUT, "tcpserver listening", || {
+            let log = manager.stderr();
+            if log.iter().any(|line| line.starts_with("tcpserver: status: 0/")) {
+                return Some(true);
+            }
+            manager.try_status().map(|_| false)
+        });
+        if up != Ok(true) {
+            continue; // the port was taken in between: another one
+        }
+        assert_eq!(exchange(addr, b"ucspi"), b"ucspi");
+        let log = wait_until(TIMEOUT, "the server's end", || {
+            let log = manager.stderr();
+            log.iter().any(|line| line.contains(" status 0")).then_some(log)
+        })
+        .unwrap();
+        assert!(log.iter().any(|line| line.contains("serving one connection")), "{log:#?}");
+        return;
+    }
+    panic!("tcpserver could not listen on a free port five times");
+}

@@ -85,6 +85,22 @@ fn tool_or_skip(program: &str) -> bool {
     runs
 }
 
+/// Whether `program` is an executable on `PATH` (for tools with no
+/// `--version`, such as tcpserver); if not, records that the calling test is
+/// skipped.
+fn installed_or_skip(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(program))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    });
+    if !found {
+        skip(&current_test(), &format!("needs {program}, which is not installed"));
+    }
+    found
+}
+
 /// What a test needs to run `echo-server` as `nobody`.
 struct Nobody {
     /// `setpriv … --`: runs the program that follows as nobody.
