@@ -12,6 +12,7 @@ mod hygiene;
 mod limits;
 mod logging;
 mod policy;
+mod privileges;
 mod readiness;
 mod reaping;
 mod shutdown;

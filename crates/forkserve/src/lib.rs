@@ -60,7 +60,7 @@ pub use event::Event;
 pub use inetd::{Inetd, REFUSED};
 pub use netcore::{DEFAULT_BACKLOG, Listener, NetError};
 pub use policy::{Cidr, CidrError, DENIED, Policy, TOO_MANY_FROM_SOURCE};
-pub use procmgr::{ChildExit, ChildPid, ProcError, Signal};
+pub use procmgr::{ChildExit, ChildPid, Credentials, ProcError, Signal, drop_privileges};
 pub use server::{MAX_LISTENERS, Server};
 pub use stats::{ShutdownSummary, Stats};
 

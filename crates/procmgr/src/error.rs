@@ -19,6 +19,27 @@ pub enum ProcError {
         /// How many threads the process had.
         threads: usize,
     },
+    /// [`drop_privileges`](crate::drop_privileges): no user of that name.
+    #[error("no user named {name:?}")]
+    UnknownUser {
+        /// The name asked for.
+        name: String,
+    },
+    /// [`drop_privileges`](crate::drop_privileges): no group of that name.
+    #[error("no group named {name:?}")]
+    UnknownGroup {
+        /// The name asked for.
+        name: String,
+    },
+    /// [`drop_privileges`](crate::drop_privileges) failed at `step`.
+    #[error("cannot drop privileges: cannot {step}")]
+    DropPrivileges {
+        /// What failed.
+        step: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// The number of threads could not be read from `/proc/self/status`.
     #[error("cannot count this process's threads")]
     ThreadCount {

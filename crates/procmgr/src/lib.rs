@@ -55,12 +55,14 @@
 
 #![deny(missing_docs)]
 
+mod creds;
 mod error;
 mod fds;
 mod fork;
 mod reap;
 mod signal;
 
+pub use creds::{Credentials, drop_privileges};
 pub use error::ProcError;
 pub use fds::{CloseList, close_other_fds};
 pub use fork::{

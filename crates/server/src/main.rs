@@ -102,6 +102,16 @@ struct Args {
           "max_per_ip", "max_rate"])]
     inetd: bool,
 
+    /// After binding, run as this user (and its supplementary groups) for
+    /// good: the parent and every child. Refuses to start if that fails.
+    /// Needs root, e.g. `--user nobody` with a port under 1024.
+    #[arg(long, value_name = "NAME", conflicts_with = "inetd")]
+    user: Option<String>,
+
+    /// With --user, run as this group instead of the user's own.
+    #[arg(long, value_name = "NAME", requires = "user")]
+    group: Option<String>,
+
     /// Log lines as text, or as one JSON object per line (`timestamp`,
     /// `level`, `message`, `target`, the fields, and the connection's `pid`
     /// and `peer` under `span` for a child's lines).
@@ -178,6 +188,19 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         }
         None => (forkserve::Server::bind(&addrs, args.backlog)?, addrs.len()),
     };
+    // Bound (a port under 1024 needs root): now give root up, before anyone
+    // is served, or do not serve at all.
+    if let Some(user) = &args.user {
+        let now = forkserve::drop_privileges(user, args.group.as_deref())?;
+        tracing::info!(
+            "running as user {} (uid {}), group {} (gid {}), supplementary groups {:?}",
+            now.user,
+            now.uid,
+            now.group,
+            now.gid,
+            now.groups
+        );
+    }
     let mut readiness = Readiness { listeners, listening: Vec::new() };
     let server = server
         .max_children(usize::try_from(args.max_children)?)
