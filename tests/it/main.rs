@@ -8,6 +8,7 @@ mod bad_input;
 mod client;
 mod echo;
 mod examples;
+mod exec;
 mod hygiene;
 mod limits;
 mod logging;

@@ -112,6 +112,15 @@ struct Args {
     #[arg(long, value_name = "NAME", requires = "user")]
     group: Option<String>,
 
+    /// Exec mode: run PROGRAM [ARGS...] in each child instead of echoing,
+    /// with the connection on its standard input and output, the server's
+    /// standard error, and PROTO=TCP, TCPREMOTEIP, TCPREMOTEPORT, TCPLOCALIP
+    /// and TCPLOCALPORT set (as tcpserver does); its exit status is the
+    /// child's. Every limit, access rule and shutdown stage applies. Example:
+    /// `echo-server 7000 -- cat`.
+    #[arg(last = true, value_name = "PROGRAM", conflicts_with = "inetd")]
+    program: Vec<String>,
+
     /// Log lines as text, or as one JSON object per line (`timestamp`,
     /// `level`, `message`, `target`, the fields, and the connection's `pid`
     /// and `peer` under `span` for a child's lines).
@@ -217,7 +226,13 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
                 readiness.report(notifier, event);
             }
         });
-    server.serve(|conn| conn::serve(conn, idle_timeout))?;
+    match args.program.split_first() {
+        Some((program, program_args)) => {
+            let exec = forkserve::Exec::new(program, program_args);
+            server.serve(|conn| exec.run(conn))?;
+        }
+        None => server.serve(|conn| conn::serve(conn, idle_timeout))?,
+    }
     Ok(())
 }
 

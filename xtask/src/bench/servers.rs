@@ -81,6 +81,8 @@ pub(super) const SERVERS: &[Spec] = &[
         args: &["-t", "30", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=128", "PIPE"],
         workloads: Workload::ALL,
     },
+    // Exec mode against what it replaces, tcpserver running the same cat.
+    ours("ours -- cat", &["--", "cat"]),
     Spec {
         name: "tcpserver + cat",
         program: Program::Installed("tcpserver"),

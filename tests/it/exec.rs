@@ -1,0 +1,90 @@
+//! Exec mode (`echo-server … -- PROGRAM ARGS…`): each child runs PROGRAM on
+//! its connection as tcpserver would, under the server's limits and logging.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+
+use integration_tests::TIMEOUT;
+
+/// Connects, sends `input`, shuts the sending side down and reads everything
+/// until the server closes.
+fn exchange(server: &integration_tests::Server, input: &[u8]) -> (TcpStream, String) {
+    let mut stream = crate::connect(server);
+    stream.write_all(input).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut output = String::new();
+    stream.read_to_string(&mut output).unwrap();
+    (stream, output)
+}
+
+#[test]
+fn cat_makes_an_echo_server() {
+    let server = crate::server("127.0.0.1", &["--", "cat"]);
+    let (_, output) = exchange(&server, b"through cat\n");
+    assert_eq!(output, "through cat\n");
+    server.wait_for_log(&["child exited with status 0"], 1, TIMEOUT).unwrap();
+}
+
+#[test]
+fn the_program_gets_the_ucspi_variables_and_default_signals() {
+    let script = "echo \"$PROTO $TCPREMOTEIP $TCPREMOTEPORT $TCPLOCALIP $TCPLOCALPORT \
+                  ${TCPREMOTEHOST-unset}\"; grep -E '^SigIgn' /proc/self/status";
+    let server = crate::server("127.0.0.1", &["--", "sh", "-c", script]);
+    let (stream, output) = exchange(&server, b"");
+    let local = stream.local_addr().unwrap();
+    let mut lines = output.lines();
+    let expected =
+        format!("TCP 127.0.0.1 {} 127.0.0.1 {} unset", local.port(), server.addr().port());
+    assert_eq!(lines.next(), Some(expected.as_str()), "{output}");
+    // SIGINT (bit 1) and SIGQUIT (bit 2) are no longer ignored, as the
+    // child's set-up had them: a program must be able to use them.
+    let ignored = lines.next().and_then(|line| line.split_whitespace().nth(1)).unwrap();
+    let mask = u64::from_str_radix(ignored, 16).unwrap();
+    assert_eq!(mask & 0b110, 0, "SigIgn {ignored}");
+}
+
+#[test]
+fn the_program_s_exit_status_is_the_child_s() {
+    let server = crate::server("127.0.0.1", &["--", "sh", "-c", "exit 3"]);
+    exchange(&server, b"");
+    server.wait_for_log(&["child exited with status 3"], 1, TIMEOUT).unwrap();
+}
+
+#[test]
+fn a_program_that_cannot_run_is_a_warning_and_status_127() {
+    let server = crate::server("127.0.0.1", &["--", "/nonexistent/program"]);
+    let mut stream = crate::connect(&server);
+    let _ = stream.write_all(b"anyone?");
+    // Closed unread: an empty read, or the kernel's reset.
+    let mut back = Vec::new();
+    match stream.read_to_end(&mut back) {
+        Ok(_) => assert!(back.is_empty(), "{back:?}"),
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+    }
+    server.wait_for_log(&["cannot run /nonexistent/program"], 1, TIMEOUT).unwrap();
+    server.wait_for_log(&["child exited with status 127"], 1, TIMEOUT).unwrap();
+}
+
+#[test]
+fn the_limits_apply_in_exec_mode() {
+    let server = crate::server("127.0.0.1", &["--max-per-ip", "1", "--", "cat"]);
+    let mut first = crate::connect(&server);
+    crate::echo(&mut first, b"one");
+    // A second connection from the same address is closed unserved.
+    let mut second = crate::connect(&server);
+    let _ = second.write_all(b"two");
+    let mut back = Vec::new();
+    let read = second.read_to_end(&mut back);
+    assert!(read.is_err() || back.is_empty(), "the second was served: {back:?}");
+    server.wait_for_log(&["refused"], 1, TIMEOUT).unwrap();
+}
+
+#[test]
+fn the_idle_timeout_does_not_reach_the_program() {
+    // SO_RCVTIMEO survives execve: left set, cat's read would fail with EAGAIN
+    // after 0.2 s and the connection would close unechoed.
+    let server = crate::server("127.0.0.1", &["--idle-timeout", "0.2", "--", "cat"]);
+    let mut stream = crate::connect(&server);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    crate::echo(&mut stream, b"late but welcome");
+}
