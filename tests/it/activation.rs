@@ -16,7 +16,11 @@ use integration_tests::{TIMEOUT, binary, wait_until};
 
 /// systemd-socket-activate listening on a free port of 127.0.0.1, about to
 /// start `echo-server ARGS` on the first connection, and that address.
-fn activate(flags: &[&str], listen: Option<&str>, args: &[&str]) -> (Running, SocketAddr) {
+pub(crate) fn activate(
+    flags: &[&str],
+    listen: Option<&str>,
+    args: &[&str],
+) -> (Running, SocketAddr) {
     let server = binary("echo-server").unwrap();
     for _ in 0..5 {
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -94,7 +98,7 @@ fn a_passed_descriptor_that_is_not_a_tcp_listener_is_an_error() {
 
 /// One connection's whole exchange: `message` sent, the write side shut
 /// down, everything read until the server closes.
-fn exchange(addr: SocketAddr, message: &[u8]) -> Vec<u8> {
+pub(crate) fn exchange(addr: SocketAddr, message: &[u8]) -> Vec<u8> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();

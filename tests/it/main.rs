@@ -6,6 +6,7 @@
 mod activation;
 mod bad_input;
 mod client;
+mod deploy;
 mod echo;
 mod examples;
 mod exec;

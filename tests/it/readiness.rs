@@ -13,13 +13,13 @@ use std::time::Duration;
 use integration_tests::{Server, TIMEOUT, wait_until};
 
 /// A notification socket at a path of its own, removed when dropped.
-struct Manager {
+pub(crate) struct Manager {
     socket: UnixDatagram,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl Manager {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("echo-notify-{}-{n}", std::process::id()));
@@ -31,7 +31,7 @@ impl Manager {
 
     /// The messages received until one contains `needle`, bounded by
     /// [`TIMEOUT`].
-    fn until(&self, needle: &str) -> Vec<String> {
+    pub(crate) fn until(&self, needle: &str) -> Vec<String> {
         let mut seen = Vec::new();
         wait_until(TIMEOUT, &format!("a notification with {needle:?}"), || {
             let mut buf = [0; 4096];
