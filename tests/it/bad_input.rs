@@ -26,6 +26,11 @@ fn server_usage_errors_exit_2() {
         (&["0", "--bind", "fe80::1"], "is link-local: name its interface"),
         (&["0", "--bind", "fe80::1%no-such-if"], "no network interface named 'no-such-if'"),
         (&["0", "--idle-timeout", "0.0001"], "under a millisecond; 0 means never"),
+        (&["0", "-4", "--bind", "127.0.0.1"], "'-4' cannot be used with '--bind <ADDR>'"),
+        (&["0", "-6", "--bind", "::1"], "'-6' cannot be used with '--bind <ADDR>'"),
+        (&["0", "-4", "-6"], "'-4' cannot be used with '-6'"),
+        (&["0", "--inetd"], "'[PORT]' cannot be used with '--inetd'"),
+        (&["--inetd", "--", "cat"], "cannot be used with"),
     ] {
         let done = Server::run(&[], args, TIMEOUT).unwrap();
         done.expect_error(2, &[needle]).unwrap_or_else(|e| panic!("{args:?}: {e}"));

@@ -2,7 +2,7 @@
 //! (`fe80::1%eth0`), refusing at once what a listener could never bind.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 /// A local address to listen on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +15,8 @@ pub(crate) struct BindAddr {
 impl BindAddr {
     /// Every local IPv4 address, the textbook server's choice.
     pub(crate) const ANY_V4: Self = Self { ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED), scope: 0 };
+    /// Every local IPv6 address (a v6-only listener beside [`Self::ANY_V4`]).
+    pub(crate) const ANY_V6: Self = Self { ip: IpAddr::V6(Ipv6Addr::UNSPECIFIED), scope: 0 };
 
     /// This address on `port`.
     pub(crate) fn with_port(self, port: u16) -> SocketAddr {
@@ -82,9 +84,59 @@ fn interface_index(zone: &str) -> Option<u32> {
     text.trim().parse().ok().filter(|&index| index > 0)
 }
 
+/// Where to listen: the `--bind` addresses if any; else with `-4` every IPv4
+/// address, with `-6` every IPv6 one, and by default both, IPv4 first. The
+/// flag says whether it is that default (both families, IPv6 optional).
+pub(crate) fn listen_on(binds: &[BindAddr], v4_only: bool, v6_only: bool) -> (Vec<BindAddr>, bool) {
+    match (binds, v4_only, v6_only) {
+        ([_, ..], _, _) => (binds.to_vec(), false),
+        (_, true, _) => (vec![BindAddr::ANY_V4], false),
+        (_, _, true) => (vec![BindAddr::ANY_V6], false),
+        _ => (vec![BindAddr::ANY_V4, BindAddr::ANY_V6], true),
+    }
+}
+
+/// Whether `err` says this host has no IPv6 (the address family is not
+/// supported, or `::` cannot be assigned), rather than anything else.
+pub(crate) fn no_ipv6(err: &netcore::NetError) -> bool {
+    let (netcore::NetError::Socket { addr, source } | netcore::NetError::Bind { addr, source }) =
+        err
+    else {
+        return false;
+    };
+    let family = matches!(source.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL));
+    addr.is_ipv6() && family
+}
+
 #[cfg(test)]
 mod tests {
-    use super::BindAddr;
+    use super::{BindAddr, listen_on, no_ipv6};
+
+    #[test]
+    fn by_default_both_families_else_what_is_asked() {
+        let v4 = [BindAddr::ANY_V4];
+        let both = [BindAddr::ANY_V4, BindAddr::ANY_V6];
+        assert_eq!(listen_on(&[], false, false), (both.to_vec(), true));
+        assert_eq!(listen_on(&[], true, false), (v4.to_vec(), false));
+        assert_eq!(listen_on(&[], false, true), (vec![BindAddr::ANY_V6], false));
+        let given = [BindAddr::parse("::1").unwrap()];
+        assert_eq!(listen_on(&given, false, false), (given.to_vec(), false));
+        assert_eq!(BindAddr::ANY_V6.with_port(7).to_string(), "[::]:7");
+    }
+
+    #[test]
+    fn only_a_missing_ipv6_family_allows_the_fallback() {
+        let v6 = BindAddr::ANY_V6.with_port(7);
+        let v4 = BindAddr::ANY_V4.with_port(7);
+        let os = std::io::Error::from_raw_os_error;
+        let socket = |addr, errno| netcore::NetError::Socket { addr, source: os(errno) };
+        let bind = |addr, errno| netcore::NetError::Bind { addr, source: os(errno) };
+        assert!(no_ipv6(&socket(v6, libc::EAFNOSUPPORT)));
+        assert!(no_ipv6(&bind(v6, libc::EADDRNOTAVAIL)));
+        assert!(!no_ipv6(&bind(v6, libc::EADDRINUSE)), "a port in use is an error");
+        assert!(!no_ipv6(&bind(v4, libc::EADDRNOTAVAIL)), "IPv4 is never optional");
+        assert!(!no_ipv6(&bind(v6, libc::EACCES)));
+    }
 
     #[test]
     fn addresses_parse_with_brackets_and_zones() {

@@ -39,11 +39,18 @@ struct Args {
 
     /// Local address to listen on: IPv4 or IPv6 (an IPv6 listener is v6-only;
     /// a link-local one needs its interface, as in fe80::1%eth0). Repeat it to
-    /// listen on several, all on the same port, for instance
-    /// `--bind 0.0.0.0 --bind ::` for every IPv4 and IPv6 address.
-    #[arg(short, long, value_name = "ADDR", default_values_t = [BindAddr::ANY_V4],
-          value_parser = BindAddr::parse)]
+    /// listen on several, all on the same port. Without it: every IPv4 and
+    /// IPv6 address (0.0.0.0 and ::, IPv4 alone where the host has no IPv6).
+    #[arg(short, long, value_name = "ADDR", value_parser = BindAddr::parse)]
     bind: Vec<BindAddr>,
+
+    /// Without --bind: IPv4 only (0.0.0.0).
+    #[arg(short = '4', conflicts_with_all = ["bind", "ipv6_only"])]
+    ipv4_only: bool,
+
+    /// Without --bind: IPv6 only (::).
+    #[arg(short = '6', conflicts_with = "bind")]
+    ipv6_only: bool,
 
     /// Length of the kernel's queue of connections waiting to be accepted.
     #[arg(long, value_name = "N", default_value_t = forkserve::DEFAULT_BACKLOG,
@@ -183,7 +190,8 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     // Binding blocks the signals the loop reads first, long before the first
     // fork: a child that exits at once cannot be missed, and a Ctrl-C during
     // start-up becomes a clean exit.
-    let addrs: Vec<SocketAddr> = args.bind.iter().map(|addr| addr.with_port(args.port)).collect();
+    let (binds, both) = addr::listen_on(&args.bind, args.ipv4_only, args.ipv6_only);
+    let addrs: Vec<SocketAddr> = binds.iter().map(|addr| addr.with_port(args.port)).collect();
     let idle_timeout = Some(Duration::from_secs_f64(args.idle_timeout)).filter(|t| !t.is_zero());
     let notifier = notify::Notifier::from_env();
     let (server, listeners) = match inherited_listeners()? {
@@ -195,7 +203,16 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
             );
             (forkserve::Server::new(listeners)?, count)
         }
-        None => (forkserve::Server::bind(&addrs, args.backlog)?, addrs.len()),
+        None => match forkserve::Server::bind(&addrs, args.backlog) {
+            Ok(server) => (server, addrs.len()),
+            // The default asks for both families; a host without IPv6 gets
+            // IPv4 alone rather than no server.
+            Err(forkserve::ServeError::Listen(err)) if both && addr::no_ipv6(&err) => {
+                tracing::info!("no IPv6 here ({}); listening on IPv4 only", chain(&err));
+                (forkserve::Server::bind(&addrs[..1], args.backlog)?, 1)
+            }
+            Err(err) => return Err(err.into()),
+        },
     };
     // Bound (a port under 1024 needs root): now give root up, before anyone
     // is served, or do not serve at all.
