@@ -27,9 +27,11 @@
 //! itself runs in; it runs with `-q` (warnings only: logging costs little),
 //! a child limit above the held count and the default idle timeout spelled
 //! out. The C programs are compiled with `cc -O2` into `target/bench/`. The
-//! load generator is this process: with `cargo xtask` a debug build (its
-//! hot paths are system calls and `memcmp`; `cargo run --release -p xtask
-//! -- bench` gives it a release build, and the report says which ran).
+//! load generator is this process, always a release build: `cargo xtask
+//! bench` (a debug build) reruns itself with `cargo run --release -p xtask`,
+//! since on two shared cores a debug load generator takes CPU the servers
+//! would have had (`XTASK_BENCH_DEBUG=1` keeps the debug build; the report
+//! says which ran).
 //!
 //! Bounded: every socket operation by a timeout, every loop by a count and
 //! a deadline, the whole run by a watchdog; every process started is killed
@@ -190,6 +192,12 @@ const CHILDREN_MARGIN: usize = 100;
 /// Runs the bench with `args` (`--quick` or nothing); true unless a server
 /// failed to start or a byte was lost or corrupted.
 pub(crate) fn run(args: &[String]) -> bool {
+    // The load generator shares two cores with the servers: a debug build of
+    // it takes CPU they would have had. So a debug xtask (`cargo xtask`) hands
+    // the run to a release build of itself.
+    if cfg!(debug_assertions) && std::env::var_os(DEBUG_LOAD).is_none() {
+        return run_in_release(args);
+    }
     let scale = match args {
         [] => FULL,
         [flag] if flag == "--quick" => QUICK,
@@ -206,6 +214,26 @@ pub(crate) fn run(args: &[String]) -> bool {
         bench.fail(format!("the bench stopped early: {e}"));
     }
     bench.finish(started.elapsed())
+}
+
+/// Set to keep the load generator a debug build (for working on the bench).
+const DEBUG_LOAD: &str = "XTASK_BENCH_DEBUG";
+
+/// `cargo run --release -p xtask -- bench ARGS`, through `$CARGO`.
+fn run_in_release(args: &[String]) -> bool {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("bench: building the load generator in release mode ({DEBUG_LOAD}=1 skips this)");
+    let status = std::process::Command::new(cargo)
+        .args(["run", "--release", "--quiet", "--package", "xtask", "--", "bench"])
+        .args(args)
+        .status();
+    match status {
+        Ok(status) => status.success(),
+        Err(e) => {
+            eprintln!("bench: cannot run the release build: {e}");
+            false
+        }
+    }
 }
 
 /// One run: its settings and what it found.
