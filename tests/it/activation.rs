@@ -191,3 +191,33 @@ fn inetd_mode_runs_under_tcpserver() {
     }
     panic!("tcpserver could not listen on a free port five times");
 }
+
+#[test]
+fn inetd_mode_never_logs_into_the_connection_on_descriptor_2() {
+    // inetd and xinetd put the connection on descriptors 0, 1 and 2: a log
+    // line on standard error would reach the client inside its echo.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    let fd = |stream: &std::net::TcpStream| {
+        std::process::Stdio::from(std::os::fd::OwnedFd::from(stream.try_clone().unwrap()))
+    };
+    let mut server = Command::new(binary("echo-server").unwrap());
+    // Not -q: at the default level it has lines to log.
+    server.arg("--inetd").env_remove("RUST_LOG");
+    server.stdin(fd(&accepted)).stdout(fd(&accepted)).stderr(fd(&accepted));
+    let mut server = server.spawn().unwrap();
+    let _cleanup = integration_tests::process::KillOnDrop::new(server.id().try_into().unwrap());
+    drop(accepted);
+    let mut back = Vec::new();
+    {
+        use std::io::{Read, Write};
+        client.set_read_timeout(Some(TIMEOUT)).unwrap();
+        (&client).write_all(b"nothing but this").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        (&client).read_to_end(&mut back).unwrap();
+    }
+    assert_eq!(String::from_utf8_lossy(&back), "nothing but this");
+    let status = wait_until(TIMEOUT, "the server's exit", || server.try_wait().ok().flatten());
+    assert!(status.unwrap().success());
+}

@@ -205,8 +205,9 @@ pub fn thread_count() -> Result<usize, ProcError> {
 pub(crate) struct Status {
     /// `Threads:`, the number of threads.
     pub(crate) threads: usize,
-    /// `SigCgt:`, the signals with a handler: bit `n - 1` for signal `n`.
-    pub(crate) caught: u64,
+    /// `SigCgt:`, the signals with a handler: bit `n - 1` for signal `n`;
+    /// `None` if it could not be read.
+    pub(crate) caught: Option<u64>,
 }
 
 /// Reads [`Status`] from the cached `/proc/self/status`.
@@ -218,23 +219,39 @@ pub(crate) fn status() -> Result<Status, ProcError> {
         Some((owner, file)) if *owner == pid => file,
         _ => &cached.insert((pid, File::open("/proc/self/status").map_err(failed)?)).1,
     };
-    // About 1.5 KB; `SigCgt` comes well before the end.
-    let mut buf = [0; 4096];
+    // About 1.5 KB, read on the stack (no heap page written per fork); a
+    // process in hundreds of groups has a longer `Groups:` line, before
+    // `Threads:`, and is read whole.
+    let mut buf = [0; 8192];
     let len = file.read_at(&mut buf, 0).map_err(failed)?;
-    parse_status(&buf[..len]).ok_or_else(|| {
-        failed(io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/status format"))
+    let parsed = if len < buf.len() {
+        parse_status(&buf[..len])
+    } else {
+        let mut whole = Vec::new();
+        let mut reader = file;
+        io::Seek::seek(&mut reader, io::SeekFrom::Start(0)).map_err(failed)?;
+        io::Read::read_to_end(&mut reader, &mut whole).map_err(failed)?;
+        parse_status(&whole)
+    };
+    parsed.ok_or_else(|| {
+        failed(io::Error::new(io::ErrorKind::InvalidData, "no Threads: line in /proc/self/status"))
     })
 }
 
 /// Finds `Threads:` (decimal) and `SigCgt:` (hexadecimal) in the text of
-/// `/proc/PID/status`; no allocation.
+/// `/proc/PID/status`, whole lines only; no allocation. Without a readable
+/// `SigCgt:` (a cut read, a 128-signal architecture) `caught` is `None`, and
+/// the child asks for each signal's disposition instead.
 pub(crate) fn parse_status(text: &[u8]) -> Option<Status> {
     let field = |name: &[u8]| {
-        let line = text.split(|&b| b == b'\n').find(|line| line.starts_with(name))?;
+        let line = text
+            .split_inclusive(|&b| b == b'\n')
+            .find(|line| line.starts_with(name) && line.ends_with(b"\n"))?;
         std::str::from_utf8(&line[name.len()..]).ok().map(str::trim)
     };
     let threads = field(b"Threads:")?.parse().ok()?;
-    let caught = u64::from_str_radix(field(b"SigCgt:")?, 16).ok()?;
+    let mask = field(b"SigCgt:").filter(|mask| mask.len() <= 16);
+    let caught = mask.and_then(|mask| u64::from_str_radix(mask, 16).ok());
     Some(Status { threads, caught })
 }
 
@@ -329,7 +346,7 @@ unsafe fn fork_inner(may_lock: bool) -> Result<Fork, ProcError> {
     // between the reading and the fork.
     let caught = if may_lock {
         match status() {
-            Ok(Status { threads: 1, caught }) => Some(caught),
+            Ok(Status { threads: 1, caught }) => caught,
             Ok(Status { threads, .. }) => {
                 restore(&previous);
                 return Err(ProcError::MultiThreaded { threads });

@@ -38,11 +38,12 @@ pub(crate) enum Format {
     Json,
 }
 
-/// Sets up logging to standard error at `level`, in `format`, unless
+/// Sets up logging to standard error (or nowhere, with `discard`) at
+/// `level`, in `format`, unless
 /// `RUST_LOG` names a valid filter; an invalid one gets a warning and
 /// `level`. The `listening on` line and the counters are written whatever
 /// the filter says.
-pub(crate) fn init(level: &str, format: Format) {
+pub(crate) fn init(level: &str, format: Format, discard: bool) {
     let (filter, invalid) = match std::env::var("RUST_LOG") {
         Ok(value) if !value.trim().is_empty() => match EnvFilter::builder().parse(&value) {
             Ok(filter) => (filter, None),
@@ -54,7 +55,8 @@ pub(crate) fn init(level: &str, format: Format) {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     });
-    let writer = Stderr::open(format);
+    let writer =
+        if discard { Stderr { sink: Sink::Discard, format } } else { Stderr::open(format) };
     match format {
         Format::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -127,6 +129,9 @@ enum Sink {
     /// A regular file, or anything that cannot be reopened: written as is
     /// (writing to a file does not wait for a reader).
     Direct,
+    /// Nowhere: standard error is the client's connection (inetd mode under
+    /// inetd or xinetd, which put the socket on descriptors 0, 1 and 2).
+    Discard,
 }
 
 impl Sink {
@@ -156,6 +161,7 @@ impl Sink {
             Self::Reopened(file) => (&*file).write(bytes),
             Self::Socket(fd) => netcore::send_dontwait(fd.as_fd(), bytes),
             Self::Direct => io::stderr().write(bytes),
+            Self::Discard => Ok(bytes.len()),
         }
     }
 }

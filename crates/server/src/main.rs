@@ -154,6 +154,9 @@ fn parse_secs(text: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Under inetd or xinetd the connection is descriptor 2 as well: a log
+    // line there would go to the client, in the middle of its echo.
+    let stderr_is_the_client = args.inetd && same_file("/proc/self/fd/0", "/proc/self/fd/2");
     // Whatever the level, the `listening on` line is written: with port 0
     // nothing else tells where the server listens.
     log::init(
@@ -164,14 +167,27 @@ fn main() -> ExitCode {
             (false, _) => "trace",
         },
         args.log_format,
+        stderr_is_the_client,
     );
     let outcome = if args.inetd { inetd(&args) } else { run(&args).map(|()| ExitCode::SUCCESS) };
     match outcome {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", chain(err.as_ref()));
+            if !stderr_is_the_client {
+                eprintln!("error: {}", chain(err.as_ref()));
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether two paths name the same file (device and inode), as
+/// `/proc/self/fd/N` does for a descriptor's socket.
+fn same_file(a: &str, b: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
