@@ -202,11 +202,13 @@ fn inetd_mode_never_logs_into_the_connection_on_descriptor_2() {
     let fd = |stream: &std::net::TcpStream| {
         std::process::Stdio::from(std::os::fd::OwnedFd::from(stream.try_clone().unwrap()))
     };
-    let mut server = Command::new(binary("echo-server").unwrap());
+    let mut command = Command::new(binary("echo-server").unwrap());
     // Not -q: at the default level it has lines to log.
-    server.arg("--inetd").env_remove("RUST_LOG");
-    server.stdin(fd(&accepted)).stdout(fd(&accepted)).stderr(fd(&accepted));
-    let mut server = server.spawn().unwrap();
+    command.arg("--inetd").env_remove("RUST_LOG");
+    command.stdin(fd(&accepted)).stdout(fd(&accepted)).stderr(fd(&accepted));
+    let mut server = command.spawn().unwrap();
+    // The command holds its copies of the connection until dropped.
+    drop(command);
     let _cleanup = integration_tests::process::KillOnDrop::new(server.id().try_into().unwrap());
     drop(accepted);
     let mut back = Vec::new();
