@@ -223,3 +223,17 @@ fn inetd_mode_never_logs_into_the_connection_on_descriptor_2() {
     let status = wait_until(TIMEOUT, "the server's exit", || server.try_wait().ok().flatten());
     assert!(status.unwrap().success());
 }
+
+#[test]
+fn listen_fds_without_this_process_s_pid_is_not_for_it() {
+    // A stray LISTEN_FDS (no LISTEN_PID, or another process's): the server
+    // binds as asked instead of taking descriptor 3.
+    for env in [&["LISTEN_FDS=1"][..], &["LISTEN_FDS=1", "LISTEN_PID=1"]] {
+        let wrapper: Vec<&str> = ["env"].iter().chain(env).copied().collect();
+        let server = integration_tests::Server::start_wrapped(&wrapper, "127.0.0.1", &[]).unwrap();
+        let log = server.log();
+        assert!(!log.iter().any(|line| line.contains("LISTEN_FDS")), "{env:?}: {log:#?}");
+        let mut stream = crate::connect(&server);
+        crate::echo(&mut stream, b"bound, not inherited");
+    }
+}

@@ -48,7 +48,8 @@ impl Exec {
     /// with `EAGAIN`), then execs the program with the connection on
     /// descriptors 0 and 1 and `PROTO=TCP`, `TCPREMOTEIP`, `TCPREMOTEPORT`,
     /// `TCPLOCALIP` and `TCPLOCALPORT` set (`TCPREMOTEHOST`, `TCPREMOTEINFO`
-    /// and `TCPLOCALHOST` removed: no DNS or ident lookups are made). Std
+    /// and `TCPLOCALHOST` removed: no DNS or ident lookups are made; nor
+    /// does it get the service manager's `NOTIFY_SOCKET` or `LISTEN_*`). Std
     /// resets the signal mask and SIGPIPE before the exec. The child's exit
     /// status is then the program's.
     ///
@@ -88,6 +89,13 @@ impl Exec {
             .env_remove("TCPREMOTEHOST")
             .env_remove("TCPREMOTEINFO")
             .env_remove("TCPLOCALHOST")
+            // The service manager's messages to the server are not the
+            // program's to send or read.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_FDNAMES")
+            .env_remove("LISTEN_FDS_FIRST_FD")
             .exec()
     }
 }

@@ -95,6 +95,9 @@ impl Inetd {
                 return Ok(REFUSED);
             }
         }
+        // A superserver may leave signals blocked across execve; a child of
+        // `Server` starts with none blocked, and so does this.
+        procmgr::unblock_all().map_err(ServeError::Signals)?;
         procmgr::restore_default(&[Signal::TERM]).map_err(ServeError::Signals)?;
         procmgr::ignore(&CHILD_IGNORES).map_err(ServeError::Signals)?;
         let timeouts = stream

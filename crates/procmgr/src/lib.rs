@@ -72,7 +72,7 @@ pub use fork::{
 pub use reap::{ChildExit, ChildPid, Children, Reaped, Signalled, reap};
 pub use signal::{
     MaskGuard, Ready, Signal, Signals, Wakeup, block, ignore, ignored_signals, kill,
-    restore_default,
+    restore_default, unblock_all,
 };
 
 #[cfg(test)]

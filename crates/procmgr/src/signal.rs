@@ -148,6 +148,16 @@ impl Drop for MaskGuard {
     }
 }
 
+/// Empties the calling thread's signal mask, as a forked child's is: for a
+/// process started by another that may have left signals blocked across
+/// `execve` (a superserver, in inetd mode).
+///
+/// # Errors
+/// [`ProcError::Mask`] if the call fails.
+pub fn unblock_all() -> Result<(), ProcError> {
+    SigSet::empty().thread_set_mask().map_err(|e| ProcError::Mask { source: os(e) })
+}
+
 /// `pthread_sigmask(SIG_BLOCK)`: blocks `signals` in the calling thread until the
 /// guard is dropped. A blocked signal stays pending instead of being delivered.
 /// Real-time signals are accepted; SIGKILL and SIGSTOP are silently not blocked,

@@ -274,13 +274,21 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
 /// child sees them. A passed descriptor that is not a listening TCP socket is
 /// an error.
 fn inherited_listeners() -> Result<Option<Vec<forkserve::Listener>>, Box<dyn Error>> {
+    // As sd_listen_fds(3): the sockets are ours only if LISTEN_PID names this
+    // process (listenfd alone would also take them with no LISTEN_PID).
+    let pid = std::env::var("LISTEN_PID").ok().and_then(|pid| pid.parse::<u32>().ok());
+    if pid != Some(std::process::id()) {
+        return Ok(None);
+    }
+    let first: usize =
+        std::env::var("LISTEN_FDS_FIRST_FD").ok().and_then(|fd| fd.parse().ok()).unwrap_or(3);
     let mut passed = listenfd::ListenFd::from_env();
     if passed.len() == 0 {
         return Ok(None);
     }
     let mut listeners = Vec::with_capacity(passed.len());
     for index in 0..passed.len() {
-        let fd = index + 3;
+        let fd = index + first;
         let listener = passed
             .take_tcp_listener(index)
             .map_err(|err| format!("LISTEN_FDS: descriptor {fd}: {err}"))?
