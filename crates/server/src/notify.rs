@@ -19,7 +19,6 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 #[derive(Debug)]
 pub(crate) struct Notifier {
     socket: UnixDatagram,
-    addr: SocketAddr,
 }
 
 impl Notifier {
@@ -33,10 +32,13 @@ impl Notifier {
             Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name),
             None => SocketAddr::from_pathname(&name),
         };
+        // Connected now, while the server may still be root: a socket file
+        // that only root may write to stays reachable after `--user`.
         let made = addr.and_then(|addr| {
             let socket = UnixDatagram::unbound()?;
+            socket.connect_addr(&addr)?;
             socket.set_nonblocking(true)?;
-            Ok(Self { socket, addr })
+            Ok(Self { socket })
         });
         match made {
             Ok(notifier) => Some(notifier),
@@ -48,10 +50,16 @@ impl Notifier {
     }
 
     /// Sends `state` (`KEY=VALUE` lines) without waiting; a failure is a
-    /// debug line, never a stall.
+    /// warning for `READY=1` and `STOPPING=1`, which are sent once (a status
+    /// update is followed by others, so its loss is a debug line), and never
+    /// a stall.
     pub(crate) fn send(&self, state: &str) {
-        if let Err(err) = self.socket.send_to_addr(state.as_bytes(), &self.addr) {
-            tracing::debug!("cannot notify the service manager ({state:?}): {err}");
+        if let Err(err) = self.socket.send(state.as_bytes()) {
+            if state.starts_with("READY=") || state.starts_with("STOPPING=") {
+                tracing::warn!("cannot notify the service manager ({state:?}): {err}");
+            } else {
+                tracing::debug!("cannot notify the service manager ({state:?}): {err}");
+            }
         }
     }
 }
