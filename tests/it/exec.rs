@@ -88,3 +88,22 @@ fn the_idle_timeout_does_not_reach_the_program() {
     std::thread::sleep(std::time::Duration::from_millis(600));
     crate::echo(&mut stream, b"late but welcome");
 }
+
+#[test]
+fn signals_the_launcher_ignored_stay_ignored_in_the_program() {
+    // A background job of a non-interactive shell starts with SIGINT and
+    // SIGQUIT ignored; a program the server runs must inherit that, as any
+    // program that shell started would.
+    let script = "grep -E '^SigIgn' /proc/self/status";
+    let wrapper = ["sh", "-c", "trap '' INT QUIT; exec \"$@\"", "sh"];
+    let server = integration_tests::Server::start_wrapped(
+        &wrapper,
+        "127.0.0.1",
+        &["--", "sh", "-c", script],
+    )
+    .unwrap();
+    let (_, output) = exchange(&server, b"");
+    let ignored = output.split_whitespace().nth(1).unwrap();
+    let mask = u64::from_str_radix(ignored, 16).unwrap();
+    assert_eq!(mask & 0b110, 0b110, "SigIgn {ignored}");
+}

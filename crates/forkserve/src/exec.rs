@@ -31,20 +31,30 @@ pub const EXEC_FAILED: i32 = 126;
 pub struct Exec {
     program: OsString,
     args: Vec<OsString>,
+    /// SIGINT and SIGQUIT, unless the server's launcher ignored them (then
+    /// the program inherits that, as any program it started would).
+    restore: Vec<Signal>,
 }
 
 impl Exec {
     /// `program` (looked up in `PATH` unless it has a slash) with `args`.
+    /// Make it in the parent, before serving: it notes which of SIGINT and
+    /// SIGQUIT the launcher ignored, so the program inherits exactly that.
     pub fn new(
         program: impl Into<OsString>,
         args: impl IntoIterator<Item = impl Into<OsString>>,
     ) -> Self {
-        Self { program: program.into(), args: args.into_iter().map(Into::into).collect() }
+        // Made in the parent, before any child ignores SIGINT and SIGQUIT:
+        // what is ignored now, the launcher ignored.
+        let ignored = procmgr::ignored_signals();
+        let restore =
+            [Signal::INT, Signal::QUIT].into_iter().filter(|s| !ignored.contains(s)).collect();
+        Self { program: program.into(), args: args.into_iter().map(Into::into).collect(), restore }
     }
 
     /// The work for [`Server::serve`](crate::Server::serve): undoes what of
     /// the child's set-up would survive `execve(2)` (the ignored SIGINT and
-    /// SIGQUIT; the idle timeout, under which the program's reads would fail
+    /// SIGQUIT, unless the launcher had ignored them too; the idle timeout, under which the program's reads would fail
     /// with `EAGAIN`), then execs the program with the connection on
     /// descriptors 0 and 1 and `PROTO=TCP`, `TCPREMOTEIP`, `TCPREMOTEPORT`,
     /// `TCPLOCALIP` and `TCPLOCALPORT` set (`TCPREMOTEHOST`, `TCPREMOTEINFO`
@@ -65,7 +75,7 @@ impl Exec {
 
     /// Everything up to `execve`; returns only its failure.
     fn exec(&self, conn: Connection) -> io::Error {
-        if let Err(err) = procmgr::restore_default(&[Signal::INT, Signal::QUIT]) {
+        if let Err(err) = procmgr::restore_default(&self.restore) {
             return io::Error::other(err);
         }
         let Connection { stream, peer, local, .. } = conn;
