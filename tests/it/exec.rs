@@ -51,8 +51,26 @@ fn the_program_s_exit_status_is_the_child_s() {
 }
 
 #[test]
-fn a_program_that_cannot_run_is_a_warning_and_status_127() {
-    let server = crate::server("127.0.0.1", &["--", "/nonexistent/program"]);
+fn a_program_that_cannot_run_stops_the_server_before_it_listens() {
+    let args = ["0", "--bind", "127.0.0.1", "--", "/nonexistent/program"];
+    let done = integration_tests::Server::run(&[], &args, TIMEOUT).unwrap();
+    done.expect_error(1, &["cannot run /nonexistent/program: no such executable"]).unwrap();
+    assert!(!done.stderr.iter().any(|line| line.contains("listening on")));
+    let args = ["0", "--bind", "127.0.0.1", "--", "no-such-program-in-path"];
+    let done = integration_tests::Server::run(&[], &args, TIMEOUT).unwrap();
+    done.expect_error(1, &["cannot run no-such-program-in-path"]).unwrap();
+}
+
+#[test]
+fn a_program_gone_since_start_is_a_warning_and_status_127() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("echo-exec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = dir.join("vanishing");
+    std::fs::write(&program, "#!/bin/sh\ncat\n").unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = crate::server("127.0.0.1", &["--", program.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
     let mut stream = crate::connect(&server);
     let _ = stream.write_all(b"anyone?");
     // Closed unread: an empty read, or the kernel's reset.
@@ -61,7 +79,7 @@ fn a_program_that_cannot_run_is_a_warning_and_status_127() {
         Ok(_) => assert!(back.is_empty(), "{back:?}"),
         Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
     }
-    server.wait_for_log(&["cannot run /nonexistent/program"], 1, TIMEOUT).unwrap();
+    server.wait_for_log(&[&format!("cannot run {}", program.display())], 1, TIMEOUT).unwrap();
     server.wait_for_log(&["child exited with status 127"], 1, TIMEOUT).unwrap();
 }
 

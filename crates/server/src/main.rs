@@ -202,7 +202,26 @@ fn inetd(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)))
 }
 
+/// Checks, before anything is bound, that exec mode's program can be run
+/// (a typo must stop the server, not fail every connection later).
+fn check_program(program: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if program.contains('/') {
+        runnable(std::path::Path::new(program))
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).any(|dir| runnable(&dir.join(program)))
+    };
+    if found { Ok(()) } else { Err(format!("cannot run {program}: no such executable")) }
+}
+
 fn run(args: &Args) -> Result<(), Box<dyn Error>> {
+    if let Some(program) = args.program.first() {
+        check_program(program)?;
+    }
     // Binding blocks the signals the loop reads first, long before the first
     // fork: a child that exits at once cannot be missed, and a Ctrl-C during
     // start-up becomes a clean exit.
