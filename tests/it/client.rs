@@ -321,3 +321,29 @@ fn check_needs_a_timeout_and_reports_a_refused_connection() {
     let done = client(addr, &["--check"]).finish(TIMEOUT).unwrap();
     done.expect_error(1, &[&format!("cannot connect to {addr}"), "refused"]).unwrap();
 }
+
+#[test]
+fn check_cuts_off_a_server_that_trickles_its_echo_at_the_timeout() {
+    let (listener, addr) = listener();
+    let started = Instant::now();
+    let probe = client(addr, &["--check", "--timeout", "0.5"]);
+    let mut stream = accept(&listener);
+    let mut token = [0; 33];
+    stream.read_exact(&mut token).unwrap();
+    // One byte every 150 ms: each read gets something before a per-read
+    // timeout, but the whole echo would take 5 s.
+    for byte in token {
+        if stream.write_all(&[byte]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    let done = probe.finish(TIMEOUT).unwrap();
+    let waited = started.elapsed();
+    done.expect_error(1, &["did not echo the token within 0.5 s"]).unwrap();
+    // Cut off near its 0.5 s, not after the 3 s of trickle.
+    assert!(waited < Duration::from_millis(2500), "gave up after {waited:?}");
+}

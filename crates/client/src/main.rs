@@ -164,34 +164,39 @@ fn check(args: &Args) -> Result<(), Failure> {
         return Err(connection(err));
     }
     stream.set_nodelay(true).map_err(connection)?;
-    // Whatever is left of the limit bounds each wait; a server that trickles
-    // is still cut off at the limit, by the check below.
-    let left = limit.checked_sub(connected).filter(|left| !left.is_zero());
+    // One deadline for the whole probe: each write and each read may wait
+    // only for what is left of it, so a server that trickles its echo a byte
+    // at a time is cut off at the limit, not at 33 times it.
+    let deadline = started + limit;
     let late = |received| Failure::ProbeTimedOut { server, limit, received };
-    let left = left.ok_or(late(0))?;
-    stream.set_read_timeout(Some(left)).map_err(connection)?;
-    stream.set_write_timeout(Some(left)).map_err(connection)?;
+    let timed_out =
+        |err: &io::Error| matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
+    let left = || deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
     let token = token();
     let sent_at = Instant::now();
-    let mut reply = Vec::new();
-    echo_proto::round_trip(&stream, &token, &mut reply).map_err(|err| {
-        let totals = err.totals();
-        let timed_out = |kind| matches!(kind, io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
-        match err {
-            EchoError::Closed { .. } => {
-                Failure::Closed { server, sent: Some(totals.sent), received: totals.received }
+    stream.set_write_timeout(Some(left().ok_or(late(0))?)).map_err(connection)?;
+    (&stream).write_all(&token).map_err(
+        |err| {
+            if timed_out(&err) { late(0) } else { connection(err) }
+        },
+    )?;
+    let mut reply = vec![0; token.len()];
+    let mut received = 0;
+    while received < token.len() {
+        let wait = left().ok_or(late(received as u64))?;
+        stream.set_read_timeout(Some(wait)).map_err(connection)?;
+        match (&stream).read(&mut reply[received..]) {
+            Ok(0) => {
+                let (sent, received) = (Some(token.len() as u64), received as u64);
+                return Err(Failure::Closed { server, sent, received });
             }
-            _ if err.io_error().is_some_and(|e| timed_out(e.kind())) => late(totals.received),
-            EchoError::Read { source, .. } | EchoError::Write { source, .. } => {
-                Failure::connection(server, source)
-            }
-            other => Failure::Connection { server, source: io::Error::other(other.to_string()) },
+            Ok(n) => received += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if timed_out(&err) => return Err(late(received as u64)),
+            Err(err) => return Err(connection(err)),
         }
-    })?;
-    let round_trip = sent_at.elapsed();
-    if started.elapsed() > limit {
-        return Err(late(reply.len() as u64));
     }
+    let round_trip = sent_at.elapsed();
     if reply != token {
         return Err(Failure::WrongEcho { server, bytes: token.len() });
     }
