@@ -227,6 +227,34 @@ fn loss_note(format: Format, dropped: u64, pid: u32, now: SystemTime) -> String 
     }
 }
 
+/// A line that fits in one write of at most [`MAX_LINE`] bytes: text is cut
+/// at a character boundary and marked with `…`; a JSON line cannot be cut
+/// and stay JSON, so it is replaced by one saying how long it was.
+fn fit(mut line: Vec<u8>, format: Format, now: SystemTime) -> Vec<u8> {
+    if line.len() <= MAX_LINE {
+        return line;
+    }
+    match format {
+        Format::Text => {
+            let mut cut = MAX_LINE - "…\n".len();
+            // Not inside a UTF-8 sequence: back up over continuation bytes.
+            while cut > 0 && line[cut] & 0xC0 == 0x80 {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.extend_from_slice("…\n".as_bytes());
+            line
+        }
+        Format::Json => format!(
+            "{{\"timestamp\":\"{}\",\"level\":\"WARN\",\"message\":\"a log line of {} \
+             bytes was too long to write whole; left out\",\"target\":\"echo_server::log\"}}\n",
+            rfc3339(now),
+            line.len()
+        )
+        .into_bytes(),
+    }
+}
+
 /// `time` as UTC in RFC 3339 with microseconds (`2026-11-28T17:20:00.123456Z`),
 /// as tracing-subscriber writes its timestamps.
 fn rfc3339(time: SystemTime) -> String {
@@ -275,11 +303,8 @@ impl Drop for Line<'_> {
         if self.bytes.is_empty() {
             return;
         }
-        if self.bytes.len() > MAX_LINE {
-            self.bytes.truncate(MAX_LINE - 4);
-            self.bytes.extend_from_slice("…\n".as_bytes());
-        }
-        self.sink.emit(&self.bytes);
+        let bytes = std::mem::take(&mut self.bytes);
+        self.sink.emit(&fit(bytes, self.sink.format, SystemTime::now()));
     }
 }
 
@@ -327,5 +352,25 @@ mod tests {
         assert_eq!(value["level"], "WARN");
         assert_eq!(value["message"], text.trim_end());
         assert_eq!((value["dropped"].as_u64(), value["pid"].as_u64()), (Some(7), Some(42)));
+    }
+
+    #[test]
+    fn a_long_line_is_cut_whole_characters_or_replaced_in_json() {
+        let now = SystemTime::UNIX_EPOCH;
+        let short = b"short\n".to_vec();
+        assert_eq!(fit(short.clone(), Format::Text, now), short);
+        // "é" is two bytes: wherever the cut falls, no half character.
+        for pad in 0..3 {
+            let mut long = vec![b'x'; pad];
+            long.extend("é".repeat(MAX_LINE).as_bytes());
+            let cut = fit(long, Format::Text, now);
+            assert!(cut.len() <= MAX_LINE, "{}", cut.len());
+            let text = String::from_utf8(cut).expect("whole characters");
+            assert!(text.ends_with("…\n"));
+        }
+        let json = fit(vec![b'{'; MAX_LINE + 1], Format::Json, now);
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value["level"], "WARN");
+        assert!(value["message"].as_str().unwrap().contains("4097 bytes"), "{value}");
     }
 }
