@@ -13,10 +13,11 @@ use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::SystemTime;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{self, FormatTime};
 
 /// Lines every filter keeps: `listening on ADDR:PORT` (with port 0 nothing
 /// else tells where the server listens), and the counters an operator asks
@@ -177,7 +178,7 @@ impl Stderr {
         claim_counters();
         let dropped = DROPPED.load(Ordering::Relaxed);
         if dropped > 0 {
-            let note = loss_note(self.format, dropped, std::process::id(), SystemTime::now());
+            let note = loss_note(self.format, dropped, std::process::id());
             if !self.write_whole(note.as_bytes()) {
                 drop_line();
                 return;
@@ -211,7 +212,7 @@ impl<'a> MakeWriter<'a> for Stderr {
 
 /// The line that says `dropped` lines were lost by process `pid` (parent and
 /// children share standard error: the pid says whose), in `format`.
-fn loss_note(format: Format, dropped: u64, pid: u32, now: SystemTime) -> String {
+fn loss_note(format: Format, dropped: u64, pid: u32) -> String {
     let message = format!(
         "{dropped} log line(s) dropped by process {pid}: standard error was not being read \
          fast enough"
@@ -222,7 +223,7 @@ fn loss_note(format: Format, dropped: u64, pid: u32, now: SystemTime) -> String 
         Format::Json => format!(
             "{{\"timestamp\":\"{}\",\"level\":\"WARN\",\"message\":\"{message}\",\
              \"dropped\":{dropped},\"pid\":{pid},\"target\":\"echo_server::log\"}}\n",
-            rfc3339(now)
+            timestamp()
         ),
     }
 }
@@ -230,7 +231,7 @@ fn loss_note(format: Format, dropped: u64, pid: u32, now: SystemTime) -> String 
 /// A line that fits in one write of at most [`MAX_LINE`] bytes: text is cut
 /// at a character boundary and marked with `…`; a JSON line cannot be cut
 /// and stay JSON, so it is replaced by one saying how long it was.
-fn fit(mut line: Vec<u8>, format: Format, now: SystemTime) -> Vec<u8> {
+fn fit(mut line: Vec<u8>, format: Format) -> Vec<u8> {
     if line.len() <= MAX_LINE {
         return line;
     }
@@ -248,36 +249,20 @@ fn fit(mut line: Vec<u8>, format: Format, now: SystemTime) -> Vec<u8> {
         Format::Json => format!(
             "{{\"timestamp\":\"{}\",\"level\":\"WARN\",\"message\":\"a log line of {} \
              bytes was too long to write whole; left out\",\"target\":\"echo_server::log\"}}\n",
-            rfc3339(now),
+            timestamp(),
             line.len()
         )
         .into_bytes(),
     }
 }
 
-/// `time` as UTC in RFC 3339 with microseconds (`2026-11-28T17:20:00.123456Z`),
-/// as tracing-subscriber writes its timestamps.
-fn rfc3339(time: SystemTime) -> String {
-    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        since.subsec_micros()
-    )
+/// Now, as the JSON formatter writes its timestamps (its own timer, so the
+/// two can never differ): RFC 3339, UTC, microseconds.
+fn timestamp() -> String {
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = FormatTime::format_time(&time::SystemTime, &mut Writer::new(&mut text));
+    text
 }
 
 /// One log line being formatted; written (or dropped) as a whole on drop.
@@ -304,7 +289,7 @@ impl Drop for Line<'_> {
             return;
         }
         let bytes = std::mem::take(&mut self.bytes);
-        self.sink.emit(&fit(bytes, self.sink.format, SystemTime::now()));
+        self.sink.emit(&fit(bytes, self.sink.format));
     }
 }
 
@@ -327,28 +312,24 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_are_rfc3339_utc() {
-        let at = |secs: u64, micros: u32| {
-            SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, micros * 1000)
-        };
-        assert_eq!(rfc3339(at(0, 0)), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339(at(951_782_400, 5)), "2000-02-29T00:00:00.000005Z");
-        assert_eq!(rfc3339(at(1_795_824_000 + 3_723, 999_999)), "2026-11-28T01:02:03.999999Z");
-        assert_eq!(rfc3339(at(4_107_542_399, 0)), "2100-02-28T23:59:59.000000Z");
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        let now = timestamp();
+        let b = now.as_bytes();
+        assert_eq!(now.len(), 27, "{now}");
+        assert!(b[4] == b'-' && b[10] == b'T' && b[19] == b'.' && b[26] == b'Z', "{now}");
     }
 
     #[test]
     fn the_loss_note_is_one_line_of_text_or_one_json_object() {
-        let now = SystemTime::UNIX_EPOCH;
-        let text = loss_note(Format::Text, 7, 42, now);
+        let text = loss_note(Format::Text, 7, 42);
         assert_eq!(
             text,
             "7 log line(s) dropped by process 42: standard error was not being read fast enough\n"
         );
-        let json = loss_note(Format::Json, 7, 42, now);
+        let json = loss_note(Format::Json, 7, 42);
         assert!(json.ends_with("}\n") && json.lines().count() == 1, "{json}");
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(value["timestamp"], "1970-01-01T00:00:00.000000Z");
+        assert_eq!(value["timestamp"].as_str().map(str::len), Some(27), "{value}");
         assert_eq!(value["level"], "WARN");
         assert_eq!(value["message"], text.trim_end());
         assert_eq!((value["dropped"].as_u64(), value["pid"].as_u64()), (Some(7), Some(42)));
@@ -356,19 +337,18 @@ mod tests {
 
     #[test]
     fn a_long_line_is_cut_whole_characters_or_replaced_in_json() {
-        let now = SystemTime::UNIX_EPOCH;
         let short = b"short\n".to_vec();
-        assert_eq!(fit(short.clone(), Format::Text, now), short);
+        assert_eq!(fit(short.clone(), Format::Text), short);
         // "é" is two bytes: wherever the cut falls, no half character.
         for pad in 0..3 {
             let mut long = vec![b'x'; pad];
             long.extend("é".repeat(MAX_LINE).as_bytes());
-            let cut = fit(long, Format::Text, now);
+            let cut = fit(long, Format::Text);
             assert!(cut.len() <= MAX_LINE, "{}", cut.len());
             let text = String::from_utf8(cut).expect("whole characters");
             assert!(text.ends_with("…\n"));
         }
-        let json = fit(vec![b'{'; MAX_LINE + 1], Format::Json, now);
+        let json = fit(vec![b'{'; MAX_LINE + 1], Format::Json);
         let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(value["level"], "WARN");
         assert!(value["message"].as_str().unwrap().contains("4097 bytes"), "{value}");
