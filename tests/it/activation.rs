@@ -14,23 +14,19 @@ use std::process::Command;
 use integration_tests::process::Running;
 use integration_tests::{TIMEOUT, binary, wait_until};
 
-/// systemd-socket-activate listening on a free port of 127.0.0.1, about to
-/// start `echo-server ARGS` on the first connection, and that address.
-pub(crate) fn activate(
-    flags: &[&str],
-    listen: Option<&str>,
-    args: &[&str],
+/// A superserver started by `command(free_addr)` on a free port of
+/// 127.0.0.1, once its log has a line starting with `ready`; retried on
+/// another port if the one picked was taken in between.
+fn superserver(
+    name: &str,
+    ready: &str,
+    command: impl Fn(SocketAddr) -> Command,
 ) -> (Running, SocketAddr) {
-    let server = binary("echo-server").unwrap();
     for _ in 0..5 {
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let listen = listen.map_or_else(|| addr.to_string(), str::to_owned);
-        let mut command = Command::new("systemd-socket-activate");
-        command.args(flags).args(["-l", &listen]).arg(&server).args(args).env_remove("RUST_LOG");
-        let mut manager = Running::spawn(command).unwrap();
-        let up = wait_until(TIMEOUT, "systemd-socket-activate listening", || {
-            let log = manager.stderr();
-            if log.iter().any(|line| line.starts_with("Listening on ")) {
+        let mut manager = Running::spawn(command(addr)).unwrap();
+        let up = wait_until(TIMEOUT, &format!("{name} listening"), || {
+            if manager.stderr().iter().any(|line| line.starts_with(ready)) {
                 return Some(true);
             }
             manager.try_status().map(|_| false)
@@ -39,7 +35,24 @@ pub(crate) fn activate(
             return (manager, addr);
         }
     }
-    panic!("systemd-socket-activate could not listen on a free port five times");
+    panic!("{name} could not listen on a free port five times");
+}
+
+/// systemd-socket-activate listening on a free port of 127.0.0.1 (or on
+/// `listen`), about to start `echo-server ARGS` on the first connection, and
+/// that address.
+pub(crate) fn activate(
+    flags: &[&str],
+    listen: Option<&str>,
+    args: &[&str],
+) -> (Running, SocketAddr) {
+    let server = binary("echo-server").unwrap();
+    superserver("systemd-socket-activate", "Listening on ", |addr| {
+        let listen = listen.map_or_else(|| addr.to_string(), str::to_owned);
+        let mut command = Command::new("systemd-socket-activate");
+        command.args(flags).args(["-l", &listen]).arg(&server).args(args).env_remove("RUST_LOG");
+        command
+    })
 }
 
 #[test]
@@ -96,27 +109,14 @@ fn a_passed_descriptor_that_is_not_a_tcp_listener_is_an_error() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// One connection's whole exchange: `message` sent, the write side shut
-/// down, everything read until the server closes.
-pub(crate) fn exchange(addr: SocketAddr, message: &[u8]) -> Vec<u8> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.write_all(message).unwrap();
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut back = Vec::new();
-    stream.read_to_end(&mut back).unwrap();
-    back
-}
-
 #[test]
 fn inetd_mode_serves_the_connection_it_is_given_and_exits() {
     if !crate::tool_or_skip("systemd-socket-activate") {
         return;
     }
     let (manager, addr) = activate(&["--inetd", "-a"], None, &["--inetd"]);
-    assert_eq!(exchange(addr, b"first"), b"first");
-    assert_eq!(exchange(addr, b"second"), b"second");
+    assert_eq!(crate::exchange(addr, b"first"), b"first");
+    assert_eq!(crate::exchange(addr, b"second"), b"second");
     // One server process per connection, each gone with status 0.
     let log = wait_until(TIMEOUT, "two servers' exits", || {
         let log = manager.stderr();
@@ -134,16 +134,7 @@ fn inetd_mode_applies_the_access_rules() {
         return;
     }
     let (manager, addr) = activate(&["--inetd", "-a"], None, &["--inetd", "--deny", "127.0.0.0/8"]);
-    // Closed unread, so the kernel may answer with a reset: either way, no
-    // echo.
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let _ = std::io::Write::write_all(&mut stream, b"let me in");
-    let mut back = Vec::new();
-    match std::io::Read::read_to_end(&mut stream, &mut back) {
-        Ok(_) => assert!(back.is_empty(), "a refused client got {back:?}"),
-        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
-    }
+    crate::expect_unserved(addr, b"let me in");
     let log = wait_until(TIMEOUT, "the refusal", || {
         let log = manager.stderr();
         log.iter().any(|line| line.ends_with("died with code 1")).then_some(log)
@@ -164,32 +155,19 @@ fn inetd_mode_runs_under_tcpserver() {
         return;
     }
     let server = binary("echo-server").unwrap();
-    for _ in 0..5 {
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (manager, addr) = superserver("tcpserver", "tcpserver: status: 0/", |addr| {
         let mut command = Command::new("tcpserver");
         command.args(["-v", "-R", "-H", "-l", "0", "127.0.0.1", &addr.port().to_string()]);
         command.arg(&server).arg("--inetd").env_remove("RUST_LOG");
-        let mut manager = Running::spawn(command).unwrap();
-        let up = wait_until(TIMEOUT, "tcpserver listening", || {
-            let log = manager.stderr();
-            if log.iter().any(|line| line.starts_with("tcpserver: status: 0/")) {
-                return Some(true);
-            }
-            manager.try_status().map(|_| false)
-        });
-        if up != Ok(true) {
-            continue; // the port was taken in between: another one
-        }
-        assert_eq!(exchange(addr, b"ucspi"), b"ucspi");
-        let log = wait_until(TIMEOUT, "the server's end", || {
-            let log = manager.stderr();
-            log.iter().any(|line| line.contains(" status 0")).then_some(log)
-        })
-        .unwrap();
-        assert!(log.iter().any(|line| line.contains("serving one connection")), "{log:#?}");
-        return;
-    }
-    panic!("tcpserver could not listen on a free port five times");
+        command
+    });
+    assert_eq!(crate::exchange(addr, b"ucspi"), b"ucspi");
+    let log = wait_until(TIMEOUT, "the server's end", || {
+        let log = manager.stderr();
+        log.iter().any(|line| line.contains(" status 0")).then_some(log)
+    })
+    .unwrap();
+    assert!(log.iter().any(|line| line.contains("serving one connection")), "{log:#?}");
 }
 
 #[test]

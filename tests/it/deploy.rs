@@ -8,7 +8,8 @@ use std::path::Path;
 
 use integration_tests::TIMEOUT;
 
-use crate::activation::{activate, exchange};
+use crate::activation::activate;
+use crate::exchange;
 use crate::readiness::Manager;
 
 /// A deployment file's text.

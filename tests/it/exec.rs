@@ -1,20 +1,14 @@
 //! Exec mode (`echo-server … -- PROGRAM ARGS…`): each child runs PROGRAM on
 //! its connection as tcpserver would, under the server's limits and logging.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 
 use integration_tests::TIMEOUT;
 
-/// Connects, sends `input`, shuts the sending side down and reads everything
-/// until the server closes.
+/// One whole exchange with `server`: the stream and the reply as text.
 fn exchange(server: &integration_tests::Server, input: &[u8]) -> (TcpStream, String) {
-    let mut stream = crate::connect(server);
-    stream.write_all(input).unwrap();
-    stream.shutdown(Shutdown::Write).unwrap();
-    let mut output = String::new();
-    stream.read_to_string(&mut output).unwrap();
-    (stream, output)
+    let (stream, back) = crate::exchange_on(server.addr(), input);
+    (stream, String::from_utf8(back).unwrap())
 }
 
 #[test]
@@ -71,14 +65,7 @@ fn a_program_gone_since_start_is_a_warning_and_status_127() {
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
     let server = crate::server("127.0.0.1", &["--", program.to_str().unwrap()]);
     std::fs::remove_dir_all(&dir).unwrap();
-    let mut stream = crate::connect(&server);
-    let _ = stream.write_all(b"anyone?");
-    // Closed unread: an empty read, or the kernel's reset.
-    let mut back = Vec::new();
-    match stream.read_to_end(&mut back) {
-        Ok(_) => assert!(back.is_empty(), "{back:?}"),
-        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
-    }
+    crate::expect_unserved(server.addr(), b"anyone?");
     server.wait_for_log(&[&format!("cannot run {}", program.display())], 1, TIMEOUT).unwrap();
     server.wait_for_log(&["child exited with status 127"], 1, TIMEOUT).unwrap();
 }
@@ -89,11 +76,7 @@ fn the_limits_apply_in_exec_mode() {
     let mut first = crate::connect(&server);
     crate::echo(&mut first, b"one");
     // A second connection from the same address is closed unserved.
-    let mut second = crate::connect(&server);
-    let _ = second.write_all(b"two");
-    let mut back = Vec::new();
-    let read = second.read_to_end(&mut back);
-    assert!(read.is_err() || back.is_empty(), "the second was served: {back:?}");
+    crate::expect_unserved(server.addr(), b"two");
     server.wait_for_log(&["refused"], 1, TIMEOUT).unwrap();
 }
 

@@ -62,6 +62,39 @@ fn echo(stream: &mut std::net::TcpStream, message: &[u8]) {
     assert_eq!(reply, message);
 }
 
+/// One connection's whole exchange: `input` sent, the sending side shut
+/// down, everything read until the server closes; the stream (for its local
+/// address) and what came back.
+fn exchange_on(addr: std::net::SocketAddr, input: &[u8]) -> (std::net::TcpStream, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(integration_tests::TIMEOUT)).unwrap();
+    stream.write_all(input).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).unwrap();
+    (stream, back)
+}
+
+/// What came back from one whole exchange (see [`exchange_on`]).
+fn exchange(addr: std::net::SocketAddr, input: &[u8]) -> Vec<u8> {
+    exchange_on(addr, input).1
+}
+
+/// A connection to `addr`, sent `input`, is closed unserved: an empty read,
+/// or the kernel's reset (a socket closed with unread data answers so).
+fn expect_unserved(addr: std::net::SocketAddr, input: &[u8]) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(integration_tests::TIMEOUT)).unwrap();
+    let _ = stream.write_all(input);
+    let mut back = Vec::new();
+    match stream.read_to_end(&mut back) {
+        Ok(_) => assert!(back.is_empty(), "an unserved client got {back:?}"),
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+    }
+}
+
 /// Starts a server on `ip` with `args`, panicking with the reason on failure.
 fn server(ip: &str, args: &[&str]) -> Server {
     Server::start(ip, args).unwrap_or_else(|e| panic!("cannot start a server on {ip}: {e}"))
