@@ -7,6 +7,7 @@ mod bench;
 mod rng;
 mod stress;
 mod watchdog;
+mod wire;
 
 use std::process::{Command, ExitCode};
 

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::rng::Rng;
+use crate::wire::close_cleanly;
 
 /// The longest any single connect, read or write may take: beyond it the
 /// server is taken to be hung.
@@ -71,21 +72,6 @@ fn round_trip(stream: &mut TcpStream, message: &[u8], echo: &mut [u8]) -> Result
     match first_difference(message, echo) {
         None => Ok(()),
         Some(at) => Err(format!("echo differs at byte {at} of {}: corrupted", message.len())),
-    }
-}
-
-/// Shuts down the sending side and expects the server to close in turn,
-/// with nothing more to read.
-///
-/// # Errors
-/// When the server sends more, resets, or does not close within [`HANG`].
-fn close_cleanly(stream: &mut TcpStream) -> Result<(), String> {
-    stream.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
-    let mut byte = [0; 1];
-    match stream.read(&mut byte) {
-        Ok(0) => Ok(()),
-        Ok(_) => Err("the server sent bytes nobody sent it".to_owned()),
-        Err(e) => Err(format!("waiting for the server to close: {e}")),
     }
 }
 

@@ -7,7 +7,7 @@
 //! errors instead of hanging it.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 pub(crate) use crate::rng::Rng;
+use crate::wire::close_cleanly;
 
 /// The longest any single connect, read or write may take: beyond it the
 /// server is taken to be hung. (A connect whose SYN the kernel dropped, the
@@ -153,21 +154,6 @@ fn round_trip(stream: &mut TcpStream, message: &[u8]) -> Result<(), String> {
     }
 }
 
-/// Ends a connection as a well-behaved client does: shuts down its sending
-/// side and expects the server to close in turn, with nothing more to read.
-///
-/// # Errors
-/// When the server sends more, resets, or does not close within [`HANG`].
-fn close_cleanly(mut stream: TcpStream) -> Result<(), String> {
-    stream.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
-    let mut byte = [0; 1];
-    match stream.read(&mut byte) {
-        Ok(0) => Ok(()),
-        Ok(_) => Err("the server sent bytes nobody sent it".to_owned()),
-        Err(e) => Err(format!("waiting for the server to close: {e}")),
-    }
-}
-
 /// Resets the connection: SO_LINGER 0, then close, which sends RST.
 ///
 /// # Errors
@@ -216,7 +202,7 @@ fn short_connection(server: SocketAddr, i: usize, seed: u64) -> Result<Outcome, 
         return Ok(Outcome::Reset(half as u64));
     }
     round_trip(&mut stream, &payload)?;
-    close_cleanly(stream)?;
+    close_cleanly(&mut stream)?;
     Ok(Outcome::Served(len as u64))
 }
 
@@ -293,7 +279,7 @@ pub(super) fn finish_held(held: Vec<Held>, threads: usize, seed: u64) -> Tally {
                         let _first = rng.bytes(HELD_MESSAGE);
                         let message = rng.bytes(HELD_MESSAGE);
                         let result = round_trip(&mut stream, &message)
-                            .and_then(|()| close_cleanly(stream))
+                            .and_then(|()| close_cleanly(&mut stream))
                             .map(|()| Outcome::Served(2 * HELD_MESSAGE as u64))
                             .map_err(|e| format!("held {index}, at the end: {e}"));
                         tally.record(result);
@@ -370,7 +356,7 @@ fn trickle(server: SocketAddr, i: usize, len: usize, seed: u64) -> Result<Outcom
         let pause = if at % 64 == 63 { 300 } else { rng.below(11) as u64 };
         std::thread::sleep(Duration::from_millis(pause));
     }
-    close_cleanly(stream)?;
+    close_cleanly(&mut stream)?;
     Ok(Outcome::Served(len as u64))
 }
 
@@ -474,7 +460,7 @@ pub(super) fn probes(
         let result = connect(server, None).and_then(|mut stream| {
             round_trip(&mut stream, &message)?;
             let latency = started.elapsed();
-            close_cleanly(stream).map(|()| latency)
+            close_cleanly(&mut stream).map(|()| latency)
         });
         match result {
             Ok(latency) => {
