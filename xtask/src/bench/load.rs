@@ -143,10 +143,7 @@ pub(super) fn short_connections(
                 })
             })
             .collect();
-        threads
-            .into_iter()
-            .map(|t| t.join().unwrap_or_else(|_| Err("a client thread panicked".to_owned())))
-            .collect()
+        threads.into_iter().map(joined).collect()
     });
     let elapsed = started.elapsed();
     let mut timed = Timed { elapsed, ..Timed::default() };
@@ -261,10 +258,7 @@ pub(super) fn bulk(
         }
         gate.wait();
         let started = Instant::now();
-        let results: Vec<Result<(), String>> = threads
-            .into_iter()
-            .map(|t| t.join().unwrap_or_else(|_| Err("a client thread panicked".to_owned())))
-            .collect();
+        let results: Vec<Result<(), String>> = threads.into_iter().map(joined).collect();
         (started, results)
     });
     let elapsed = started.elapsed();
@@ -395,10 +389,7 @@ pub(super) fn open_held(
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|t| t.join().unwrap_or_else(|_| Err("a client thread panicked".to_owned())))
-            .collect()
+        workers.into_iter().map(joined).collect()
     });
     let mut all = Vec::with_capacity(count);
     for result in results {
@@ -434,10 +425,13 @@ pub(super) fn release_held(held: Vec<Held>, threads: usize, seed: u64) -> Result
                 })
             })
             .collect();
-        workers.into_iter().try_for_each(|t| {
-            t.join().unwrap_or_else(|_| Err("a client thread panicked".to_owned()))
-        })
+        workers.into_iter().try_for_each(joined)
     })
+}
+
+/// A client thread's result; a panic in it is an error like any other.
+fn joined<T>(thread: std::thread::ScopedJoinHandle<'_, Result<T, String>>) -> Result<T, String> {
+    thread.join().unwrap_or_else(|_| Err("a client thread panicked".to_owned()))
 }
 
 #[cfg(test)]
