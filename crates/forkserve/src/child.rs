@@ -66,8 +66,8 @@ impl ChildSetup {
         Ok(Self { parent: std::process::id(), close, idle_timeout })
     }
 
-    /// Runs in a new child: the process's set-up, the connection's, then
-    /// `work`, inside a `conn{pid, peer}` span; returns the exit code.
+    /// Runs in a new child: the process's set-up, then [`serve`](Self::serve);
+    /// returns the exit code.
     pub(crate) fn run(
         &self,
         stream: TcpStream,
@@ -75,13 +75,28 @@ impl ChildSetup {
         listener: SocketAddr,
         work: &mut impl FnMut(Connection) -> i32,
     ) -> i32 {
+        if let Err(err) = self.prepare_process() {
+            let _span = conn_span(std::process::id(), peer).entered();
+            warn!(error = chain(&err), "cannot set up the child");
+            return SETUP_FAILED;
+        }
+        self.serve(stream, peer, listener, work)
+    }
+
+    /// In a child already set up: the connection's set-up, then `work`,
+    /// inside a `conn{pid, peer}` span; returns `work`'s exit code.
+    pub(crate) fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        listener: SocketAddr,
+        work: &mut impl FnMut(Connection) -> i32,
+    ) -> i32 {
         let _span = conn_span(std::process::id(), peer).entered();
-        let prepared = self
-            .prepare_process()
-            .and_then(|()| self.prepare_connection(&stream, listener).map_err(SetupError::Socket));
-        match prepared {
+        match self.prepare_connection(&stream, listener) {
             Ok(local) => work(Connection { stream, peer, local }),
             Err(err) => {
+                let err = SetupError::Socket(err);
                 warn!(error = chain(&err), "cannot set up the child");
                 SETUP_FAILED
             }
@@ -100,7 +115,7 @@ impl ChildSetup {
     ///    [`CHILD_IGNORES`]. Other signals the launcher ignored stay ignored,
     ///    as in any program it starts (`nohup`'s SIGHUP, say).
     /// 3. Lifetime: SIGTERM when the parent dies, however it dies.
-    fn prepare_process(&self) -> Result<(), SetupError> {
+    pub(crate) fn prepare_process(&self) -> Result<(), SetupError> {
         self.close.close();
         procmgr::restore_default(&[Signal::TERM])?;
         procmgr::ignore(&CHILD_IGNORES)?;
@@ -115,8 +130,11 @@ impl ChildSetup {
         stream: &TcpStream,
         listener: SocketAddr,
     ) -> Result<SocketAddr, std::io::Error> {
-        stream.set_read_timeout(self.idle_timeout)?;
-        stream.set_write_timeout(self.idle_timeout)?;
+        // A new connection has no timeouts: set them only when asked.
+        if self.idle_timeout.is_some() {
+            stream.set_read_timeout(self.idle_timeout)?;
+            stream.set_write_timeout(self.idle_timeout)?;
+        }
         if listener.ip().is_unspecified() { stream.local_addr() } else { Ok(listener) }
     }
 }
@@ -128,7 +146,7 @@ pub(crate) fn conn_span(pid: u32, peer: SocketAddr) -> tracing::Span {
 
 /// Why a child could not set itself up.
 #[derive(Debug, thiserror::Error)]
-enum SetupError {
+pub(crate) enum SetupError {
     #[error(transparent)]
     Process(#[from] ProcError),
     #[error("cannot set up the connection")]

@@ -52,6 +52,9 @@ pub enum ServeError {
     /// or its signal mask cannot be set).
     #[error(transparent)]
     Fork(ProcError),
+    /// The pre-forked pool's report channel could not be made or read.
+    #[error("cannot run the pool of pre-forked children")]
+    Prefork(#[source] std::io::Error),
     /// Children outlived SIGKILL at shutdown (stuck in the kernel, say).
     #[error("{} children could not be reaped after SIGKILL", pids.len())]
     Unreaped {

@@ -71,6 +71,45 @@ pub enum Event<'a> {
         /// The client's address.
         peer: SocketAddr,
     },
+    /// Pool mode: a child was forked ahead of connections and waits for one
+    /// (debug).
+    Preforked {
+        /// Its pid.
+        pid: ChildPid,
+    },
+    /// Pool mode: a child finished a connection and waits for the next one
+    /// (info, as [`Event::Reaped`] is for a child that exits after its
+    /// connection).
+    Served {
+        /// The child's pid.
+        pid: ChildPid,
+        /// The client it served.
+        peer: SocketAddr,
+        /// What the work returned for this connection.
+        code: i32,
+    },
+    /// Pool mode: a child that was not serving anyone ended (debug when it
+    /// exited with status 0: retired as a spare no longer needed, or at
+    /// shutdown; warn otherwise: it could not set itself up, or was killed
+    /// while waiting).
+    SpareReaped {
+        /// Its pid.
+        pid: ChildPid,
+        /// How it ended.
+        exit: ChildExit,
+    },
+    /// Pool mode: forking a spare failed for lack of processes or memory;
+    /// connections are still handed to idle children, or forked for, and
+    /// the pool is refilled after a pause (warn for the first failure of an
+    /// episode, debug for the rest).
+    PreforkPaused {
+        /// The failure.
+        error: &'a ProcError,
+        /// How long until the next try.
+        pause: Duration,
+        /// This failure starts an episode.
+        first: bool,
+    },
     /// The admission policy refused a connection; it was closed unserved (info,
     /// at most one line a second: the next line says how many went unlogged).
     Refused {
@@ -238,6 +277,34 @@ impl Event<'_> {
             }
             Self::Accepted { pid, peer } => {
                 info!(pid = pid.as_raw(), %peer, "accepted a connection")
+            }
+            Self::Preforked { pid } => debug!(pid = pid.as_raw(), "forked a spare child"),
+            Self::Served { pid, peer, code } => {
+                let pid = pid.as_raw();
+                if code == SETUP_FAILED || code == procmgr::InChild::PANIC_EXIT_CODE {
+                    warn!(pid, %peer, "child served the connection with status {code}");
+                } else {
+                    info!(pid, %peer, "child served the connection with status {code}");
+                }
+            }
+            Self::SpareReaped { pid, exit } => {
+                let pid = pid.as_raw();
+                let expected =
+                    exit.success() || (shutting_down && matches!(exit, ChildExit::Signaled { .. }));
+                if expected {
+                    debug!(pid, "spare child {exit}");
+                } else {
+                    warn!(pid, "spare child {exit}");
+                }
+            }
+            Self::PreforkPaused { error, pause, first } => {
+                let (error, pause_ms) = (chain(error), pause.as_millis());
+                let message = "cannot fork a spare child; retrying after a pause";
+                if first {
+                    warn!(error, pause_ms, "{message}");
+                } else {
+                    debug!(error, pause_ms, "{message}");
+                }
             }
             Self::Refused { peer, reason } if suppressed > 0 => {
                 info!(%peer, reason, suppressed, "refused a connection");

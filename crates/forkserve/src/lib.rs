@@ -50,6 +50,7 @@ mod event;
 mod exec;
 mod inetd;
 mod policy;
+mod pool;
 mod server;
 mod stats;
 mod supervisor;
@@ -84,7 +85,7 @@ mod tests {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         let err = crate::Server::bind(&[addr; crate::MAX_LISTENERS + 1], 16).err().unwrap();
         assert!(
-            matches!(err, crate::ServeError::TooManyListeners { count: 65, max: 64 }),
+            matches!(err, crate::ServeError::TooManyListeners { count: 64, max: 63 }),
             "{err:?}"
         );
         let err = crate::Server::new(Vec::new()).err().unwrap();

@@ -9,6 +9,7 @@ use procmgr::{ProcError, Signal, Signals};
 
 use crate::child::ChildSetup;
 use crate::event::Observer;
+use crate::pool::PoolSettings;
 use crate::supervisor::{Parts, Settings, Supervisor};
 use crate::{Admit, Connection, Event, ServeError, Verdict};
 
@@ -48,6 +49,10 @@ pub struct Server {
     settings: Settings,
     admit: Box<dyn Admit>,
     observer: Option<Observer>,
+    /// Pool mode's spares; 0 for fork mode.
+    spares: usize,
+    /// Pool mode's connections per child.
+    per_child: u32,
 }
 
 impl fmt::Debug for Server {
@@ -55,13 +60,16 @@ impl fmt::Debug for Server {
         f.debug_struct("Server")
             .field("listeners", &self.listeners)
             .field("settings", &self.settings)
+            .field("spares", &self.spares)
+            .field("per_child", &self.per_child)
             .finish_non_exhaustive()
     }
 }
 
-/// How many listeners one server can serve: its loop waits on all of them and
-/// its signals in one `poll(2)` whose state lives on the stack.
-pub const MAX_LISTENERS: usize = procmgr::Ready::CAPACITY;
+/// How many listeners one server can serve: its loop waits on all of them, its
+/// signals and (in pool mode) its members' reports in one `poll(2)` whose state
+/// lives on the stack.
+pub const MAX_LISTENERS: usize = procmgr::Ready::CAPACITY - 1;
 
 /// Refuses no listener, or more than [`MAX_LISTENERS`].
 fn check_count(count: usize) -> Result<(), ServeError> {
@@ -137,6 +145,8 @@ impl Server {
             settings: Settings::default(),
             admit: Box::new(|_| Verdict::Serve),
             observer: None,
+            spares: 0,
+            per_child: 1,
         }
     }
 
@@ -190,6 +200,45 @@ impl Server {
     #[must_use]
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.settings.idle_timeout = timeout.filter(|t| !t.is_zero());
+        self
+    }
+
+    /// Pool mode: keeps `spares` children forked ahead of connections, each
+    /// waiting for one, so no fork is on a connection's path (0, the default,
+    /// forks a child per connection as it comes).
+    ///
+    /// The parent still accepts, asks the admission policy, counts, logs and
+    /// shuts down exactly as in fork mode; it hands each connection it serves
+    /// to an idle child (`SCM_RIGHTS` over the child's own channel), or to one
+    /// forked for it when none is idle, and forks a spare for each one taken,
+    /// as long as the children stay within [`Server::max_children`]. After a
+    /// burst, children idle beyond twice `spares` for a second are retired.
+    /// Each child is set up as in fork mode before its first connection, and
+    /// by default serves one connection and exits
+    /// ([`Server::connections_per_child`]).
+    #[must_use]
+    pub fn prefork(mut self, spares: usize) -> Self {
+        self.spares = spares;
+        self
+    }
+
+    /// In pool mode ([`Server::prefork`]), how many connections a child serves,
+    /// one after another, before it exits and a fresh one replaces it
+    /// (Apache's `MaxConnectionsPerChild`); 0 for no limit. Default 1.
+    ///
+    /// The trade-off: with 1, every connection has a process of its own, as
+    /// in fork mode, and nothing one client does (memory it makes the child
+    /// allocate, state `work` keeps, a crash) can reach another. Above 1, a
+    /// later client of the same child runs in the process an earlier one used:
+    /// whatever `work` leaves behind (captured state, heap, a changed working
+    /// directory or signal mask, a leaked descriptor) it inherits, and the
+    /// fork's cost is shared among them. Work that `exec`s a program uses its
+    /// child up whatever the setting.
+    ///
+    /// Has no effect without [`Server::prefork`].
+    #[must_use]
+    pub fn connections_per_child(mut self, limit: u32) -> Self {
+        self.per_child = limit;
         self
     }
 
@@ -255,14 +304,17 @@ impl Server {
             listener.set_nonblocking(true).map_err(ServeError::Listen)?;
         }
         let child = ChildSetup::new(&self.signals, self.settings.idle_timeout)?;
+        let mut settings = self.settings;
+        settings.prefork = (self.spares > 0)
+            .then_some(PoolSettings { spares: self.spares, per_child: self.per_child });
         let parts = Parts {
             listeners: self.listeners,
             signals: self.signals,
-            settings: self.settings,
+            settings,
             admit: self.admit,
             observer: self.observer,
             child,
         };
-        Supervisor::new(parts, work).run()
+        Supervisor::new(parts, work)?.run()
     }
 }

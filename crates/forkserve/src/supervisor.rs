@@ -10,10 +10,11 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use netcore::{Listener, Recovery};
-use procmgr::{ChildPid, Children, ProcError, Signal, Signals};
+use procmgr::{ChildExit, ChildPid, Children, Handoff, ProcError, Signal, Signals};
 
 use crate::child::ChildSetup;
 use crate::event::{LogContext, Observer, Throttle};
+use crate::pool::{self, Job, Member, Pool, PoolSettings, Report};
 use crate::{Admit, Connection, Event, ServeError, ShutdownSummary, Stats, Verdict};
 
 /// Connections accepted per wake-up before signals get another look.
@@ -22,6 +23,9 @@ const ACCEPT_BATCH: usize = 64;
 const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(1);
 /// At most one "child limit reached" warning in ten seconds.
 const LIMIT_LOGGED_EVERY: Duration = Duration::from_secs(10);
+/// How long more than twice the spares may sit idle before the extra ones
+/// are retired.
+const TRIM_AFTER: Duration = Duration::from_secs(1);
 
 /// The loop's settings.
 #[derive(Debug, Clone)]
@@ -31,6 +35,8 @@ pub(crate) struct Settings {
     pub(crate) kill_after: Duration,
     pub(crate) backoff: Duration,
     pub(crate) idle_timeout: Option<Duration>,
+    /// Pre-forked children, if any.
+    pub(crate) prefork: Option<PoolSettings>,
 }
 
 impl Default for Settings {
@@ -41,6 +47,7 @@ impl Default for Settings {
             kill_after: Duration::from_secs(2),
             backoff: Duration::from_millis(100),
             idle_timeout: None,
+            prefork: None,
         }
     }
 }
@@ -91,8 +98,10 @@ pub(crate) struct Supervisor<W> {
     /// The listener served first on the next wake-up.
     first_listener: usize,
     signals: Signals,
-    /// Live children and the peer each one serves.
-    children: Children<SocketAddr>,
+    /// Live children and what each one is for.
+    children: Children<Job>,
+    /// The pre-forked children's side of things, in pool mode.
+    pool: Option<Pool>,
     settings: Settings,
     admit: Box<dyn Admit>,
     observer: Option<Observer>,
@@ -122,13 +131,20 @@ pub(crate) struct Supervisor<W> {
 }
 
 impl<W: FnMut(Connection) -> i32> Supervisor<W> {
-    pub(crate) fn new(parts: Parts, work: W) -> Self {
+    pub(crate) fn new(parts: Parts, work: W) -> Result<Self, ServeError> {
         let Parts { listeners, signals, settings, admit, observer, child } = parts;
-        Self {
+        let pool = match settings.prefork {
+            Some(prefork) => {
+                Some(Pool::new(prefork, settings.max_children).map_err(ServeError::Prefork)?)
+            }
+            None => None,
+        };
+        Ok(Self {
             listeners,
             first_listener: 0,
             signals,
             children: Children::new(),
+            pool,
             settings,
             admit,
             observer,
@@ -147,7 +163,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             shutdown: None,
             summary: ShutdownSummary::default(),
             gave_up: false,
-        }
+        })
     }
 
     /// Logs `event` and hands it to the observer.
@@ -193,12 +209,18 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                     self.take(held)?;
                 }
             }
+            self.tend_pool(now);
             let accepting = self.may_accept();
             let timeout = self.next_deadline(now);
             let watched = self.listeners.iter().map(|l| accepting.then(|| l.as_fd()));
+            let reports = self.pool.as_ref().map(Pool::reports_fd);
+            let (pooled, reports_index) = (reports.is_some(), self.listeners.len());
             // On the stack: the parent writes no heap page per wait.
-            let ready = self.signals.wait_ready(watched, timeout).map_err(ServeError::Wait)?;
-            if ready.signaled {
+            let ready = self
+                .signals
+                .wait_ready(watched.chain([reports]), timeout)
+                .map_err(ServeError::Wait)?;
+            if ready.signaled || (pooled && ready.is_ready(reports_index)) {
                 self.handle_signals()?;
             }
             // Round-robin over the listeners: the next pass starts after the
@@ -221,7 +243,9 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         if self.paused_until.is_some() || self.held.is_some() {
             return false;
         }
-        let full = self.children.len() >= self.settings.max_children;
+        // Idle members take connections whatever the count.
+        let idle = self.pool.as_ref().map_or(0, |pool| pool.idle.len());
+        let full = idle == 0 && self.children.len() >= self.settings.max_children;
         if full != self.at_limit {
             self.at_limit = full;
             if self.listeners.is_empty() {
@@ -236,7 +260,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                     None => self.observe(&event),
                 }
             } else {
-                let event = Event::LimitCleared { children: self.children.len() };
+                let event = Event::LimitCleared { children: self.serving() };
                 if std::mem::take(&mut self.limit_logged) {
                     self.report(&event);
                 } else {
@@ -255,11 +279,132 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             }
             None => None,
         };
-        [shutdown, self.paused_until]
+        let pool = self.pool.as_ref().and_then(|pool| {
+            // Short of spares: fork the next one right after this wait.
+            let short = self.shutdown.is_none() && self.pool_short(pool);
+            let refill = if short { Some(pool.refill_after.unwrap_or(now)) } else { None };
+            [refill, pool.trim_at].into_iter().flatten().min()
+        });
+        [shutdown, self.paused_until, pool]
             .into_iter()
             .flatten()
             .min()
             .map(|t| t.saturating_duration_since(now))
+    }
+
+    /// Whether the pool has fewer idle members than it should, and room to
+    /// fork another.
+    fn pool_short(&self, pool: &Pool) -> bool {
+        pool.idle.len() < pool.settings.spares && self.children.len() < self.settings.max_children
+    }
+
+    /// Connections being served: children in fork mode, busy members in
+    /// pool mode.
+    fn serving(&self) -> usize {
+        self.pool.as_ref().map_or(self.children.len(), |pool| pool.busy)
+    }
+
+    /// Pool upkeep, once per turn of the loop: forks one spare if the pool is
+    /// short (one per turn, so accepting goes on between forks), and retires
+    /// the idle members beyond twice the spares once they have been idle for
+    /// [`TRIM_AFTER`].
+    fn tend_pool(&mut self, now: Instant) {
+        let Some(pool) = &self.pool else { return };
+        if self.shutdown.is_some() || self.paused_until.is_some() {
+            return;
+        }
+        if self.pool_short(pool) && pool.refill_after.is_none_or(|after| now >= after) {
+            if let Err(error) = self.fork_member() {
+                self.stats.fork_failures += 1;
+                let (pause, first) = (self.settings.backoff, self.fork_trouble.failed());
+                self.report(&Event::PreforkPaused { error: &error, pause, first });
+                if let Some(pool) = &mut self.pool {
+                    pool.refill_after = Some(after(now, pause));
+                }
+            }
+        }
+        let Some(pool) = &mut self.pool else { return };
+        let keep = pool.settings.spares.saturating_mul(2);
+        if pool.idle.len() <= keep {
+            pool.trim_at = None;
+            return;
+        }
+        match pool.trim_at {
+            None => pool.trim_at = Some(after(now, TRIM_AFTER)),
+            Some(at) if now >= at => {
+                pool.trim_at = None;
+                // The least recently idle go first.
+                let extra = pool.idle.len() - keep;
+                for pid in pool.idle.drain(..extra) {
+                    if let Some(Job::Member(member)) = self.children.get_mut(pid) {
+                        member.channel = None; // end of file: it exits
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Forks a pool member, idle until a connection is handed to it.
+    fn fork_member(&mut self) -> Result<ChildPid, ProcError> {
+        let Some(pool) = &self.pool else {
+            unreachable!("fork_member outside pool mode");
+        };
+        let (ours, theirs) = Handoff::pair()?;
+        let (listeners, children, child, work) =
+            (&mut self.listeners, &self.children, &self.child, &mut self.work);
+        let pid = procmgr::fork_child(|| {
+            // In the child: the listeners, the other members' channels, this
+            // member's parent end and the parent's end of the reports are the
+            // parent's business. Closed without writing to the parent's
+            // memory, so no page of it is copied.
+            listeners.clear();
+            let others = children.iter().filter_map(|(_, job)| job.channel());
+            procmgr::close_in_child(others.chain([ours.as_fd(), pool.reports_fd()]));
+            pool::member(&theirs, pool, child, work)
+        })?;
+        drop(theirs);
+        if let Some(failures) = self.fork_trouble.recovered() {
+            self.report(&Event::ForkResumed { failures });
+        }
+        let member = Member { channel: Some(ours), serving: None };
+        self.children.insert(pid, Job::Member(member));
+        if let Some(pool) = &mut self.pool {
+            pool.idle.push(pid);
+            pool.refill_after = None;
+        }
+        self.report(&Event::Preforked { pid });
+        Ok(pid)
+    }
+
+    /// Reads what pool members reported: each connection's end makes its
+    /// member idle again (or retires it), and releases its client.
+    fn drain_reports(&mut self) -> Result<(), ServeError> {
+        loop {
+            let Some(pool) = &self.pool else { return Ok(()) };
+            let Some(Report { pid, code }) = pool.next_report().map_err(ServeError::Prefork)?
+            else {
+                return Ok(());
+            };
+            let Some(pid) = ChildPid::from_raw(pid) else { continue };
+            let Some(Job::Member(member)) = self.children.get_mut(pid) else { continue };
+            let Some(peer) = member.serving.take() else { continue };
+            let open = member.channel.is_some();
+            let exit = ChildExit::Exited(code);
+            self.stats.count_exit(exit);
+            if self.shutdown.is_some() {
+                self.summary.count(exit);
+            }
+            self.admit.release(peer);
+            if let Some(pool) = &mut self.pool {
+                pool.busy = pool.busy.saturating_sub(1);
+                if open {
+                    pool.idle.push(pid);
+                }
+            }
+            self.report(&Event::Served { pid, peer, code });
+            self.report_status();
+        }
     }
 
     /// Reads every pending signal; reaps first (so shutdown never signals a
@@ -273,6 +418,9 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 other => others.push(other),
             }
         }
+        // A member's report comes before its exit: read them first, so a
+        // member that reported and then ended is reaped as idle.
+        self.drain_reports()?;
         if child_exited {
             self.reap()?;
         }
@@ -292,20 +440,32 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
 
     /// The counters, with the live children counted now.
     fn current_stats(&self) -> Stats {
-        Stats { active: self.children.len(), ..self.stats.clone() }
+        Stats { active: self.serving(), ..self.stats.clone() }
     }
 
     /// Reaps every child that has exited, reporting how each one ended.
     fn reap(&mut self) -> Result<(), ServeError> {
         while let Some(reaped) = self.children.reap().map_err(ServeError::Reap)? {
-            self.stats.count_exit(reaped.exit);
-            if self.shutdown.is_some() {
-                self.summary.count(reaped.exit);
+            let (pid, exit) = (reaped.pid, reaped.exit);
+            let peer = reaped.info.as_ref().and_then(Job::peer);
+            if let (Some(pool), Some(Job::Member(_))) = (&mut self.pool, &reaped.info) {
+                if peer.is_some() {
+                    pool.busy = pool.busy.saturating_sub(1);
+                } else {
+                    pool.forget_idle(pid);
+                    // No connection was lost: pool upkeep, not a client's.
+                    self.report(&Event::SpareReaped { pid, exit });
+                    continue;
+                }
             }
-            if let Some(peer) = reaped.info {
+            self.stats.count_exit(exit);
+            if self.shutdown.is_some() {
+                self.summary.count(exit);
+            }
+            if let Some(peer) = peer {
                 self.admit.release(peer);
             }
-            self.report(&Event::Reaped { pid: reaped.pid, peer: reaped.info, exit: reaped.exit });
+            self.report(&Event::Reaped { pid, peer, exit });
             self.report_status();
         }
         Ok(())
@@ -314,7 +474,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     /// Reports [`Event::Status`] when the live children have crossed a tenth
     /// of the limit since the last report.
     fn report_status(&mut self) {
-        let (children, limit) = (self.children.len(), self.settings.max_children);
+        let (children, limit) = (self.serving(), self.settings.max_children);
         let tenth = children.saturating_mul(10) / limit.max(1);
         if tenth != self.status_tenth {
             self.status_tenth = tenth;
@@ -328,12 +488,13 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         let now = Instant::now();
         match self.shutdown {
             None => {
-                let children = self.children.len();
+                let children = self.serving();
                 let grace = if fast { Duration::ZERO } else { self.settings.grace };
                 self.summary.running = children;
                 self.summary.served = self.stats.accepted;
                 // Each event is reported once what it says has happened.
                 self.listeners.clear();
+                self.close_pool();
                 self.shutdown = Some(Stage::Grace { until: after(now, grace) });
                 self.report(&Event::ShutdownStarted { signal, children, grace });
                 // A connection not served yet is closed with the listeners.
@@ -359,6 +520,20 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         match self.shutdown {
             Some(stage) => self.escalate(stage, now),
             None => Ok(()),
+        }
+    }
+
+    /// At shutdown: closes every member's channel, so idle members exit now
+    /// and busy ones after their connection.
+    fn close_pool(&mut self) {
+        let Some(pool) = &mut self.pool else { return };
+        pool.idle.clear();
+        pool.trim_at = None;
+        let pids: Vec<ChildPid> = self.children.pids().collect();
+        for pid in pids {
+            if let Some(Job::Member(member)) = self.children.get_mut(pid) {
+                member.channel = None;
+            }
         }
     }
 
@@ -476,6 +651,9 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     /// Forks a child to serve `held`. If fork fails for lack of processes or
     /// memory, the connection is kept and retried after a pause, not dropped.
     fn spawn(&mut self, held: Held) -> Result<(), ServeError> {
+        if self.pool.is_some() {
+            return self.dispatch(held);
+        }
         let Held { stream, peer, listener, admitted } = held;
         let mut stream = Some(stream);
         let (listeners, child, work) = (&mut self.listeners, &self.child, &mut self.work);
@@ -492,29 +670,80 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                     self.report(&Event::ForkResumed { failures });
                 }
                 self.stats.accepted += 1;
-                self.children.insert(pid, peer);
+                self.children.insert(pid, Job::Conn(peer));
                 self.report(&Event::Accepted { pid, peer });
                 self.report_status();
                 // `stream` is dropped here, closing the parent's copy.
             }
-            // Out of processes or memory, or /proc unreadable for a moment: worth
-            // another try. Anything else (a thread was started, the mask cannot
-            // be set) will not get better by waiting.
-            Err(error @ (ProcError::Fork { .. } | ProcError::ThreadCount { .. })) => {
-                self.stats.fork_failures += 1;
-                let (pause, first) = (self.settings.backoff, self.fork_trouble.failed());
-                self.report(&Event::ForkPaused { peer, error: &error, pause, first });
-                self.held = stream.map(|stream| Held { stream, peer, listener, admitted });
-                self.paused_until = Some(after(Instant::now(), pause));
-            }
-            Err(error) => {
-                if admitted {
-                    self.admit.release(peer);
+            Err(error) => match stream {
+                Some(stream) => {
+                    return self.fork_failed(Held { stream, peer, listener, admitted }, error);
                 }
-                return Err(ServeError::Fork(error));
-            }
+                None => unreachable!("the connection is only taken in the child"),
+            },
         }
         Ok(())
+    }
+
+    /// A fork for `held` failed. Out of processes, memory or descriptors, or
+    /// /proc unreadable for a moment: worth another try, so the connection is
+    /// kept and accepting pauses. Anything else (a thread was started, the
+    /// mask cannot be set) will not get better by waiting.
+    fn fork_failed(&mut self, held: Held, error: ProcError) -> Result<(), ServeError> {
+        if transient(&error) {
+            self.stats.fork_failures += 1;
+            let (pause, first) = (self.settings.backoff, self.fork_trouble.failed());
+            self.report(&Event::ForkPaused { peer: held.peer, error: &error, pause, first });
+            self.held = Some(held);
+            self.paused_until = Some(after(Instant::now(), pause));
+            return Ok(());
+        }
+        if held.admitted {
+            self.admit.release(held.peer);
+        }
+        Err(ServeError::Fork(error))
+    }
+
+    /// Pool mode: hands `held` to an idle member (the most recently idle), or
+    /// to one forked for it when none is idle.
+    fn dispatch(&mut self, held: Held) -> Result<(), ServeError> {
+        let message = pool::encode(held.peer, held.listener);
+        loop {
+            let idle = self.pool.as_mut().and_then(|pool| pool.idle.pop());
+            let (pid, fresh) = match idle {
+                Some(pid) => (pid, false),
+                None => match self.fork_member() {
+                    Ok(pid) => {
+                        self.pool.as_mut().and_then(|pool| pool.idle.pop());
+                        (pid, true)
+                    }
+                    Err(error) => return self.fork_failed(held, error),
+                },
+            };
+            let Some(Job::Member(member)) = self.children.get_mut(pid) else { continue };
+            let Some(channel) = &member.channel else { continue };
+            match channel.send(held.stream.as_fd(), &message) {
+                Ok(()) => {
+                    member.serving = Some(held.peer);
+                    if let Some(pool) = &mut self.pool {
+                        pool.busy += 1;
+                    }
+                    self.stats.accepted += 1;
+                    self.report(&Event::Accepted { pid, peer: held.peer });
+                    self.report_status();
+                    // `held.stream` is dropped here, closing the parent's copy.
+                    return Ok(());
+                }
+                // A member forked for this very connection cannot take it:
+                // the trouble is not the member's.
+                Err(error) if fresh => {
+                    member.channel = None;
+                    return self.fork_failed(held, error);
+                }
+                // The member is gone (its exit is reaped later): the next.
+                Err(_) => member.channel = None,
+            }
+        }
     }
 }
 
@@ -551,6 +780,15 @@ impl<W> Drop for Supervisor<W> {
         let left: Vec<String> = self.children.pids().map(|pid| pid.to_string()).collect();
         tracing::warn!(pids = %left.join(" "), "children outlived SIGKILL; giving up on them");
     }
+}
+
+/// Whether a failed fork (or a member's channel) is worth another try: out of
+/// processes, memory or descriptors, or /proc unreadable for a moment.
+fn transient(error: &ProcError) -> bool {
+    matches!(
+        error,
+        ProcError::Fork { .. } | ProcError::ThreadCount { .. } | ProcError::Handoff { .. }
+    )
 }
 
 /// Consecutive failures of one kind: a long episode is a warning once, then

@@ -118,6 +118,15 @@ pub enum ProcError {
         #[source]
         source: io::Error,
     },
+    /// Passing a descriptor over a [`Handoff`](crate::Handoff) channel failed.
+    #[error("cannot {step} a descriptor over the hand-off channel")]
+    Handoff {
+        /// `create`, `send` or `receive`.
+        step: &'static str,
+        /// The OS error, or what was wrong with the message.
+        #[source]
+        source: io::Error,
+    },
     /// `kill(2)` failed.
     #[error("cannot send {signal} to process {pid}")]
     Kill {

@@ -97,6 +97,22 @@ pub(crate) fn close_each(first: u32, last: u32) {
     }
 }
 
+/// In a new child: closes descriptors that objects of the parent's own (the
+/// parent's ends of other children's channels, say), without touching those
+/// objects: no memory is written, so no page of the parent's is copied.
+/// Errors (a number not open) are ignored. Async-signal-safe.
+///
+/// The objects must never be used or dropped in the child afterwards: their
+/// numbers may be reused. A child that ends with
+/// [`InChild::exit`](crate::InChild::exit) drops nothing of the parent's.
+pub fn close_in_child<'fd>(fds: impl IntoIterator<Item = BorrowedFd<'fd>>) {
+    for fd in fds {
+        // SAFETY: closing a number whose owner the caller promises never to
+        // use or drop in this process again.
+        unsafe { libc::close(fd.as_raw_fd()) };
+    }
+}
+
 /// Descriptors for a new child to close, chosen in the parent before any fork:
 /// those the program that started this process leaked to it, and those the
 /// caller adds (its signalfd, say). The child closes them with

@@ -59,16 +59,18 @@ mod creds;
 mod error;
 mod fds;
 mod fork;
+mod handoff;
 mod reap;
 mod signal;
 
 pub use creds::{Credentials, drop_privileges};
 pub use error::ProcError;
-pub use fds::{CloseList, close_other_fds};
+pub use fds::{CloseList, close_in_child, close_other_fds};
 pub use fork::{
     Fork, InChild, die_with_parent, fork, fork_child, fork_child_unchecked, fork_unchecked,
     thread_count,
 };
+pub use handoff::Handoff;
 pub use reap::{ChildExit, ChildPid, Children, Reaped, Signalled, reap};
 pub use signal::{
     MaskGuard, Ready, Signal, Signals, Wakeup, block, ignore, ignored_signals, kill,

@@ -213,6 +213,17 @@ impl<T> Children<T> {
         self.live.get(&pid)
     }
 
+    /// The data registered for a live child, to change it.
+    #[must_use]
+    pub fn get_mut(&mut self, pid: ChildPid) -> Option<&mut T> {
+        self.live.get_mut(&pid)
+    }
+
+    /// The live children and their data, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (ChildPid, &T)> + '_ {
+        self.live.iter().map(|(&pid, info)| (pid, info))
+    }
+
     /// The live children's pids, in no particular order.
     pub fn pids(&self) -> impl Iterator<Item = ChildPid> + '_ {
         self.live.keys().copied()

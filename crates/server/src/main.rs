@@ -63,6 +63,20 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..))]
     max_children: u32,
 
+    /// Keep N children forked ahead of connections, so none waits for a fork:
+    /// each connection goes to an idle child, and a spare is forked for each
+    /// one taken (within --max-children). Default: fork per connection.
+    /// Example: `--prefork 16`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    prefork: Option<u32>,
+
+    /// With --prefork, how many connections a child serves, one after
+    /// another, before it exits and is replaced; 0 for no limit. Above 1, a
+    /// client runs in a process an earlier client used (no longer isolated
+    /// from it) and connections are cheaper.
+    #[arg(long, value_name = "M", default_value_t = 1, requires = "prefork")]
+    connections_per_child: u32,
+
     /// On SIGTERM or SIGINT, how long children may finish on their own before
     /// they are sent SIGTERM (and SIGKILL 2 s later). A second signal skips it.
     #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_secs)]
@@ -106,7 +120,7 @@ struct Args {
     /// systemd (`Accept=yes`): they listen and fork. --allow, --deny and
     /// --idle-timeout apply; the limits that need a listening parent do not.
     #[arg(long, conflicts_with_all = ["port", "bind", "backlog", "max_children", "grace",
-          "max_per_ip", "max_rate"])]
+          "max_per_ip", "max_rate", "prefork"])]
     inetd: bool,
 
     /// After binding, run as this user (and its supplementary groups) for
@@ -265,6 +279,8 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     let mut readiness = Readiness { listeners, listening: Vec::new() };
     let server = server
         .max_children(usize::try_from(args.max_children)?)
+        .prefork(usize::try_from(args.prefork.unwrap_or(0))?)
+        .connections_per_child(args.connections_per_child)
         .grace(Duration::from_secs_f64(args.grace))
         .idle_timeout(idle_timeout)
         .admit(policy(args)?)
