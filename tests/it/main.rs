@@ -14,6 +14,7 @@ mod hygiene;
 mod limits;
 mod logging;
 mod policy;
+mod prefork;
 mod privileges;
 mod readiness;
 mod reaping;

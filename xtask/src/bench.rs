@@ -323,7 +323,7 @@ impl Bench {
                             for (metric, value) in figures {
                                 self.columns[i].values.entry(metric).or_default().push(value);
                             }
-                            if let Err(e) = server.settle(SETTLE) {
+                            if let Err(e) = server.settle(spec.idle, SETTLE) {
                                 let what = format!("{}: after {}: {e}", spec.name, workload.name());
                                 self.note(what);
                             }

@@ -47,6 +47,9 @@ pub(super) struct Spec {
     pub(super) args: &'static [&'static str],
     /// The workloads it takes part in.
     pub(super) workloads: &'static [Workload],
+    /// How many idle children it may keep once every client has left (a
+    /// pre-forked pool's spares); 0 for a server that forks per connection.
+    pub(super) idle: usize,
 }
 
 /// What `echo-server` is always given: loopback port 0 (the port is read
@@ -59,18 +62,29 @@ const OURS_ARGS: &[&str] =
 
 /// `echo-server` in a mode: its column's name and the mode's arguments.
 const fn ours(name: &'static str, args: &'static [&'static str]) -> Spec {
-    Spec { name, program: Program::Ours, args, workloads: Workload::ALL }
+    Spec { name, program: Program::Ours, args, workloads: Workload::ALL, idle: 0 }
+}
+
+/// `echo-server` in pool mode, which keeps up to `idle` children waiting.
+const fn pooled(name: &'static str, args: &'static [&'static str], idle: usize) -> Spec {
+    Spec { idle, ..ours(name, args) }
 }
 
 /// Every server of the comparison, in column order. A mode of ours is one
 /// more line, for instance `ours("ours --prefork 16", &["--prefork", "16"])`.
 pub(super) const SERVERS: &[Spec] = &[
     ours("ours", &[]),
+    // Pool mode: single-use children forked ahead, then reused ones.
+    // (Single-use children never come back: the spares are all that stay. Reused
+    // ones do, up to twice the spares until the pool trims them.)
+    pooled("ours --prefork 16", &["--prefork", "16"], 16),
+    pooled("ours --prefork 16 -c 0", &["--prefork", "16", "--connections-per-child", "0"], 32),
     Spec {
         name: REFERENCE,
         program: Program::Reference("echo"),
         args: &[],
         workloads: Workload::ALL,
+        idle: 0,
     },
     Spec {
         name: "socat",
@@ -80,6 +94,7 @@ pub(super) const SERVERS: &[Spec] = &[
         // echo still in flight and then closes, which cut bulk echoes short.
         args: &["-t", "30", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=128", "PIPE"],
         workloads: Workload::ALL,
+        idle: 0,
     },
     // Exec mode against what it replaces, tcpserver running the same cat.
     ours("ours -- cat", &["--", "cat"]),
@@ -102,12 +117,14 @@ pub(super) const SERVERS: &[Spec] = &[
             "cat",
         ],
         workloads: Workload::ALL,
+        idle: 0,
     },
     Spec {
         name: "no-fork C (limit)",
         program: Program::Reference("nofork"),
         args: &[],
         workloads: &[Workload::Connrate, Workload::Latency],
+        idle: 0,
     },
 ];
 
@@ -277,16 +294,17 @@ impl Started {
         &self.command
     }
 
-    /// Waits, for at most `timeout`, until the server has no child left,
-    /// zombies included; the error says how many remain.
+    /// Waits, for at most `timeout`, until the server has no more than
+    /// `idle` children left (its pool's spares), zombies included; the error
+    /// says how many remain.
     ///
     /// # Errors
-    /// When children remain after `timeout`.
-    pub(super) fn settle(&self, timeout: Duration) -> Result<(), String> {
+    /// When more remain after `timeout`.
+    pub(super) fn settle(&self, idle: usize, timeout: Duration) -> Result<(), String> {
         let mut left = 0;
-        wait_until(timeout, "no child left", || {
+        wait_until(timeout, "no child left but the spares", || {
             left = procfs::children_of(self.pid()).len();
-            (left == 0).then_some(())
+            (left <= idle).then_some(())
         })
         .map_err(|_| format!("{left} children still there {timeout:?} after the last close"))
     }

@@ -1,0 +1,260 @@
+//! Pool mode (`--prefork N`, `--connections-per-child M`): children forked
+//! ahead of connections, each handed its connection by the parent, which keeps
+//! every decision, limit, log line and shutdown stage of fork mode.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use integration_tests::process::KillOnDrop;
+use integration_tests::procfs::{self, SignalState};
+use integration_tests::{Server, TIMEOUT, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::{connect, echo, exchange, expect_unserved, server};
+
+/// The pid a log line names (`pid=123`).
+fn pid_in(line: &str) -> i32 {
+    let (_, rest) = line.split_once("pid=").unwrap_or_else(|| panic!("no pid in {line:?}"));
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap()
+}
+
+/// The pids of the first `count` "accepted a connection" lines, in order.
+fn served_by(server: &Server, count: usize) -> Vec<i32> {
+    let lines = server.wait_for_log(&["accepted a connection"], count, TIMEOUT).unwrap();
+    lines.iter().take(count).map(|line| pid_in(line)).collect()
+}
+
+/// The server's live children's pids, once there are exactly `count`.
+fn children(server: &Server, count: usize) -> Vec<i32> {
+    server.wait_for_children(count, TIMEOUT).unwrap().iter().map(|c| c.pid).collect()
+}
+
+#[test]
+fn spares_are_forked_ahead_and_each_serves_one_connection() {
+    let server = server("127.0.0.1", &["--prefork", "2"]);
+    // Two children wait before any client comes.
+    let spares = children(&server, 2);
+
+    assert_eq!(exchange(server.addr(), b"first"), b"first");
+    // The connection went to a child that was already there: no fork on its
+    // path.
+    let pid = served_by(&server, 1)[0];
+    assert!(spares.contains(&pid), "served by {pid}, not one of the spares {spares:?}");
+    // It served one connection and exited, logged as in fork mode; a new spare
+    // took its place.
+    let exited = format!("pid={pid}");
+    server
+        .wait_for_log(&["child exited with status 0", &exited, "peer=127.0.0.1:"], 1, TIMEOUT)
+        .unwrap();
+    let now = children(&server, 2);
+    assert!(!now.contains(&pid), "the child that served is still there: {now:?}");
+
+    assert_eq!(exchange(server.addr(), b"second"), b"second");
+    let second = served_by(&server, 2)[1];
+    assert_ne!(second, pid, "a single-use child served twice");
+}
+
+#[test]
+fn with_no_limit_one_child_serves_connection_after_connection() {
+    let server = server("127.0.0.1", &["--prefork", "1", "--connections-per-child", "0"]);
+    for round in 0..3 {
+        let message = format!("round {round}");
+        assert_eq!(exchange(server.addr(), message.as_bytes()), message.as_bytes());
+        // Each end is reported before the next client connects: the same
+        // child is idle again, and gets the next one.
+        server
+            .wait_for_log(&["child served the connection with status 0"], round + 1, TIMEOUT)
+            .unwrap();
+    }
+    let pids = served_by(&server, 3);
+    assert!(pids.iter().all(|&pid| pid == pids[0]), "served by {pids:?}");
+    assert!(procfs::stat(pids[0]).is_some_and(|p| !p.is_zombie()), "the child is gone");
+    assert!(!server.log().iter().any(|line| line.contains("child exited")), "{:?}", server.log());
+}
+
+#[test]
+fn a_child_serves_its_connections_per_child_then_is_replaced() {
+    let server = server("127.0.0.1", &["--prefork", "1", "--connections-per-child", "2"]);
+    for round in 0..3 {
+        let message = format!("round {round}");
+        assert_eq!(exchange(server.addr(), message.as_bytes()), message.as_bytes());
+        // Wait for the child's report or exit, so the next connection goes
+        // to whichever child is idle by then.
+        let needles: &[&str] = if round == 1 { &["child exited"] } else { &["child served"] };
+        server.wait_for_log(needles, 1 + usize::from(round == 2), TIMEOUT).unwrap();
+    }
+    let pids = served_by(&server, 3);
+    assert_eq!(pids[0], pids[1], "the first child served once only: {pids:?}");
+    assert_ne!(pids[2], pids[0], "the first child served a third time: {pids:?}");
+    let exited = format!("pid={}", pids[0]);
+    server.wait_for_log(&["child exited with status 0", &exited], 1, TIMEOUT).unwrap();
+}
+
+#[test]
+fn a_reused_childs_client_is_released_at_the_end_of_its_connection() {
+    let args = ["--prefork", "1", "--connections-per-child", "0", "--max-per-ip", "1"];
+    let server = server("127.0.0.1", &args);
+    let mut first = connect(&server);
+    echo(&mut first, b"held");
+    // One connection from 127.0.0.1 is the limit: the next is refused before
+    // it reaches a child.
+    expect_unserved(server.addr(), b"refused");
+    server.wait_for_log(&["refused a connection"], 1, TIMEOUT).unwrap();
+
+    // The child lives on after the first connection; its end (reported, not
+    // an exit) frees the address's slot.
+    drop(first);
+    server.wait_for_log(&["child served the connection with status 0"], 1, TIMEOUT).unwrap();
+    assert_eq!(exchange(server.addr(), b"admitted again"), b"admitted again");
+}
+
+#[test]
+fn spares_count_against_the_child_limit() {
+    let server = server("127.0.0.1", &["--prefork", "4", "--max-children", "2"]);
+    children(&server, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.children().len(), 2, "more children than the limit");
+
+    let mut first = connect(&server);
+    let mut second = connect(&server);
+    echo(&mut first, b"one");
+    echo(&mut second, b"two");
+    server.wait_for_log(&["child limit reached"], 1, TIMEOUT).unwrap();
+    // The third waits in the backlog, as in fork mode.
+    let mut third = connect(&server);
+    third.write_all(b"three").unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let err = third.read(&mut [0; 5]).unwrap_err();
+    assert!(
+        matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        "{err:?}"
+    );
+    drop(first);
+    third.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut reply = [0; 5];
+    third.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"three");
+}
+
+#[test]
+fn at_shutdown_spares_exit_at_once_and_a_client_being_served_finishes() {
+    let mut server = server("127.0.0.1", &["--prefork", "3", "--connections-per-child", "0"]);
+    let mut held = connect(&server);
+    echo(&mut held, b"before");
+    let busy = served_by(&server, 1)[0];
+    children(&server, 4);
+
+    server.signal(Signal::SIGTERM).unwrap();
+    server.wait_for_log(&["received SIGTERM", "children=1"], 1, TIMEOUT).unwrap();
+    // The idle ones go at once; the busy one serves on through the grace.
+    assert_eq!(children(&server, 1), [busy]);
+    echo(&mut held, b"during the grace period");
+    drop(held);
+    let status = server.wait(TIMEOUT).unwrap();
+    assert_eq!(status.code(), Some(0), "{:?}", server.log());
+    server
+        .wait_for_log(&["1 running at shutdown: 1 finished, 0 ended by SIGTERM"], 1, TIMEOUT)
+        .unwrap();
+}
+
+#[test]
+fn a_client_that_outlives_the_grace_period_is_ended_by_sigterm() {
+    let mut server = server("127.0.0.1", &["--prefork", "2", "--grace", "0.2"]);
+    let mut held = connect(&server);
+    echo(&mut held, b"held");
+    server.signal(Signal::SIGTERM).unwrap();
+    let status = server.wait(TIMEOUT).unwrap();
+    assert_eq!(status.code(), Some(0), "{:?}", server.log());
+    server
+        .wait_for_log(&["sent SIGTERM to the remaining children", "children=1"], 1, TIMEOUT)
+        .unwrap();
+    server
+        .wait_for_log(&["1 running at shutdown: 0 finished, 1 ended by SIGTERM"], 1, TIMEOUT)
+        .unwrap();
+}
+
+#[test]
+fn a_spare_killed_while_idle_is_reported_and_replaced() {
+    let server = server("127.0.0.1", &["--prefork", "1"]);
+    let spare = children(&server, 1)[0];
+    kill(Pid::from_raw(spare), Signal::SIGKILL).unwrap();
+    let pid = format!("pid={spare}");
+    let lines = server
+        .wait_for_log(&["spare child killed by signal 9 (SIGKILL)", &pid], 1, TIMEOUT)
+        .unwrap();
+    assert!(lines[0].contains("WARN"), "{lines:?}");
+    let replacement = children(&server, 1)[0];
+    assert_ne!(replacement, spare);
+    assert_eq!(exchange(server.addr(), b"still served"), b"still served");
+}
+
+/// A launcher that leaves descriptors 3 to 9 open on /dev/null, without
+/// close-on-exec, then execs the server with its arguments.
+const LEAKING_LAUNCHER: [&str; 3] = [
+    "sh",
+    "-c",
+    "exec 3</dev/null 4</dev/null 5</dev/null 6</dev/null 7</dev/null 8</dev/null 9</dev/null \
+     \"$0\" \"$@\"",
+];
+
+/// A pool child's descriptors beyond the standard streams and the log
+/// writer's copy of standard error: how many sockets, and anything else.
+fn extra_descriptors(pid: i32) -> (usize, Vec<(i32, String)>) {
+    let fds = procfs::fds(pid).unwrap();
+    let numbers: Vec<i32> = fds.iter().map(|&(fd, _)| fd).collect();
+    assert_eq!(numbers[..3], [0, 1, 2], "{fds:?}");
+    let stderr = fds[2].1.clone();
+    let sockets = fds.iter().filter(|(fd, to)| *fd > 2 && to.starts_with("socket:[")).count();
+    let others =
+        fds.into_iter().filter(|(fd, to)| *fd > 2 && !to.starts_with("socket:[") && *to != stderr);
+    (sockets, others.collect())
+}
+
+#[test]
+fn a_pool_child_holds_its_channel_and_the_report_socket_and_nothing_of_its_siblings() {
+    let args = ["--prefork", "3", "--connections-per-child", "0"];
+    let server = Server::start_wrapped(&LEAKING_LAUNCHER, "127.0.0.1", &args).unwrap();
+    // Every spare: its own channel and the shared report socket, nothing
+    // leaked, none of the other children's channels, nothing blocked or
+    // caught.
+    for pid in children(&server, 3) {
+        let (sockets, others) = extra_descriptors(pid);
+        assert!(sockets == 2 && others.is_empty(), "spare {pid}: {:?}", procfs::fds(pid));
+        let state: SignalState = procfs::signal_state(pid).unwrap();
+        assert!(state.blocked.is_empty() && state.caught.is_empty(), "spare {pid}: {state:?}");
+    }
+    // Serving: the connection besides.
+    let mut held = connect(&server);
+    echo(&mut held, b"ping");
+    let busy = served_by(&server, 1)[0];
+    let (sockets, others) = extra_descriptors(busy);
+    assert!(sockets == 3 && others.is_empty(), "busy {busy}: {:?}", procfs::fds(busy));
+}
+
+#[test]
+fn pool_children_die_with_their_parent() {
+    let server = server("127.0.0.1", &["--prefork", "2"]);
+    let mut held = connect(&server);
+    echo(&mut held, b"held");
+    let pids = children(&server, 3);
+    let _guards: Vec<KillOnDrop> = pids.iter().map(|&pid| KillOnDrop::new(pid)).collect();
+    kill(Pid::from_raw(server.pid()), Signal::SIGKILL).unwrap();
+    wait_until(TIMEOUT, "every pool child to die with its parent", || {
+        pids.iter().all(|&pid| procfs::stat(pid).is_none_or(|p| p.is_zombie())).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn exec_mode_runs_the_program_in_a_pool_child() {
+    let args = ["--prefork", "2", "--", "sh", "-c", "printf '%s ' \"$TCPREMOTEIP\"; exec cat"];
+    let server = server("127.0.0.1", &args);
+    let spares = children(&server, 2);
+    assert_eq!(exchange(server.addr(), b"through cat"), b"127.0.0.1 through cat");
+    let pid = served_by(&server, 1)[0];
+    assert!(spares.contains(&pid), "served by {pid}, not one of the spares {spares:?}");
+    let exited = format!("pid={pid}");
+    server.wait_for_log(&["child exited with status 0", &exited], 1, TIMEOUT).unwrap();
+}
