@@ -13,6 +13,7 @@ mod exec;
 mod hygiene;
 mod limits;
 mod logging;
+mod manual;
 mod policy;
 mod prefork;
 mod privileges;

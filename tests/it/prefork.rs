@@ -258,3 +258,29 @@ fn exec_mode_runs_the_program_in_a_pool_child() {
     let exited = format!("pid={pid}");
     server.wait_for_log(&["child exited with status 0", &exited], 1, TIMEOUT).unwrap();
 }
+
+#[test]
+fn a_burst_that_outruns_the_spares_is_served_and_every_connection_closes() {
+    // One spare, reused children, and sixteen clients at once: most find no
+    // idle child and get one forked for them, while their connections are
+    // open in the parent. Each must still be served and, after its client's
+    // end, closed by the server: no child may keep a copy of a connection it
+    // does not serve.
+    let server = server("127.0.0.1", &["--prefork", "1", "--connections-per-child", "0"]);
+    let mut streams: Vec<std::net::TcpStream> = (0..16).map(|_| connect(&server)).collect();
+    for (index, stream) in streams.iter_mut().enumerate() {
+        echo(stream, format!("client {index}").as_bytes());
+    }
+    for stream in &mut streams {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    server.wait_for_log(&["child served the connection with status 0"], 16, TIMEOUT).unwrap();
+    // Idle now, every child holds its channel and the report socket only.
+    for child in server.children() {
+        let (sockets, others) = extra_descriptors(child.pid);
+        assert!(sockets == 2 && others.is_empty(), "{}: {:?}", child.pid, procfs::fds(child.pid));
+    }
+}

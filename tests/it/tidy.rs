@@ -42,8 +42,10 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
     // The server layer composes sockets and processes; it knows no protocol.
     ("forkserve", &["netcore", "procmgr"]),
     // The server reaches process management only through forkserve.
-    ("server", &["forkserve", "netcore", "echo-proto"]),
-    ("client", &["netcore", "echo-proto"]),
+    ("server", &["forkserve", "netcore", "echo-proto", "manual"]),
+    ("client", &["netcore", "echo-proto", "manual"]),
+    // The binaries' manuals (help text, man page, completions): clap only.
+    ("manual", &[]),
     // Tests and xtask drive the built binaries as processes.
     ("integration-tests", &[]),
     ("xtask", &["integration-tests"]),
@@ -52,8 +54,9 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
 /// External crates that only the binaries may have as normal dependencies.
 const BINARY_ONLY_DEPS: &[&str] = &["clap", "tracing-subscriber"];
 
-/// The packages that are binaries (the only ones allowed [`BINARY_ONLY_DEPS`]).
-const BINARIES: &[&str] = &["server", "client"];
+/// The packages that are binaries, and `manual`, which only they use (the only
+/// ones allowed [`BINARY_ONLY_DEPS`]).
+const BINARIES: &[&str] = &["server", "client", "manual"];
 
 /// The one directory whose code may contain `unsafe`.
 const UNSAFE_HOME: &str = "crates/procmgr";
@@ -67,12 +70,13 @@ const FORBID_UNSAFE_ROOTS: &[&str] = &[
     "crates/netcore/src/lib.rs",
     "crates/echo-proto/src/lib.rs",
     "crates/forkserve/src/lib.rs",
+    "crates/manual/src/lib.rs",
     "crates/client/src/main.rs",
     "crates/server/src/main.rs",
 ];
 
 /// The libraries whose `src/` must never print, install a subscriber or exit.
-const LIBRARIES: &[&str] = &["netcore", "procmgr", "echo-proto", "forkserve"];
+const LIBRARIES: &[&str] = &["netcore", "procmgr", "echo-proto", "forkserve", "manual"];
 
 /// What library code must not contain (matched on whole tokens, outside
 /// comments and string literals).
@@ -790,6 +794,7 @@ fn dependency_direction_bites() {
         package("server", &["clap", "echo-proto", "forkserve", "netcore", "tracing-subscriber"]),
         package("client", &["clap", "echo-proto", "netcore", "tracing", "tracing-subscriber"]),
         package("integration-tests", &["nix", "socket2"]),
+        package("manual", &["clap", "clap_complete", "clap_mangen"]),
         package("xtask", &["integration-tests"]),
     ];
     assert_eq!(check_dependencies(&intended), vec![]);
@@ -895,6 +900,7 @@ fn unsafe_only_in_procmgr_bites() {
     .write("crates/forkserve/examples/demo.rs", "pub unsafe fn demo() {}\n")
     .write("crates/client/src/main.rs", &format!("{forbid}#[unsafe(no_mangle)]\nfn f() {{}}\n"))
     .write("crates/server/src/main.rs", "#![forbid(missing_docs, unsafe_code)]\n")
+    .write("crates/manual/src/lib.rs", forbid)
     .write("crates/procmgr/src/fork.rs", "pub unsafe fn fork() {\n    unsafe { f() }\n}\n")
     .write("xtask/src/main.rs", "unsafe extern \"C\" {\n    fn f();\n}\n")
     .write("tests/it/main.rs", "// SAFETY: tests may.\nunsafe { f() };\n");

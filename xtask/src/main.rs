@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod dist;
 mod rng;
 mod stress;
 mod watchdog;
@@ -30,7 +31,11 @@ commands:
         round: connection rate, latency, ping-pong, bulk, memory per held
         child; plus limits (no-fork server, fork rate, iperf3); medians
         with ratios on stdout, target/bench.md and target/bench.json;
-        under 10 minutes (--quick: under 2)";
+        under 10 minutes (--quick: under 2)
+  dist [DIR]
+        the release binaries, their man pages and bash, zsh and fish
+        completions, laid out under DIR (default target/dist) as they
+        are installed under a prefix such as /usr/local";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("stress") => stress::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("dist") => dist::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             true

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod help;
 mod watch;
 
 use std::error::Error;
@@ -41,7 +42,7 @@ use crate::watch::{Ledger, Output, Stalled, Waiting, Watched};
 /// With standard input from a pipe or file, all of it is streamed and the echo
 /// written to standard output byte for byte.
 #[derive(Debug, Parser)]
-#[command(name = "echo-client", version)]
+#[command(name = "echo-client", version, after_long_help = manual::help(help::SECTIONS))]
 struct Args {
     /// Server: an IPv4 or IPv6 address, or a host name.
     host: String,
@@ -85,6 +86,12 @@ struct Args {
     /// Log only errors.
     #[arg(short, long)]
     quiet: bool,
+
+    /// Write this manual as a man page (`man`) or shell completions (`bash`,
+    /// `zsh`, `fish`) to standard output, and exit. Example: `echo-client
+    /// --generate man > /usr/local/share/man/man1/echo-client.1`.
+    #[arg(long, value_name = "KIND", value_enum, exclusive = true)]
+    generate: Option<manual::Generate>,
 }
 
 /// See [`Args::mode`].
@@ -95,7 +102,25 @@ enum Mode {
     Stream,
 }
 
+/// `--generate KIND`: the manual or the completions on standard output.
+fn generate(kind: manual::Generate) -> ExitCode {
+    use clap::CommandFactory;
+    match manual::generate(kind, Args::command(), help::SECTIONS, &mut io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: cannot write the {} output: {err}", kind.name());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    // `--generate` stands alone, without the HOST and PORT every other use
+    // requires: looked for before the real parse.
+    let early = <Args as clap::CommandFactory>::command().ignore_errors(true).get_matches();
+    if let Some(&kind) = early.get_one::<manual::Generate>("generate") {
+        return generate(kind);
+    }
     let args = Args::parse();
     init_tracing(match (args.quiet, args.verbose) {
         (true, _) => "error",

@@ -6,7 +6,7 @@
 //! signals first (reaping frees child slots), then accepts.
 
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use netcore::{Listener, Recovery};
@@ -188,6 +188,10 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         for addr in self.listeners.iter().map(Listener::local_addr).collect::<Vec<_>>() {
             self.report(&Event::Listening { addr });
         }
+        // The last wait found nothing to do. Spares are forked only then: a
+        // connection already waiting is served first, not held up by a fork
+        // (when none is idle it gets a child forked for it anyway).
+        let mut quiet = true;
         loop {
             if self.shutdown.is_some() {
                 // Reap before judging deadlines, so a child that has exited
@@ -209,7 +213,9 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                     self.take(held)?;
                 }
             }
-            self.tend_pool(now);
+            if quiet {
+                self.tend_pool(now);
+            }
             let accepting = self.may_accept();
             let timeout = self.next_deadline(now);
             let watched = self.listeners.iter().map(|l| accepting.then(|| l.as_fd()));
@@ -220,6 +226,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 .signals
                 .wait_ready(watched.chain([reports]), timeout)
                 .map_err(ServeError::Wait)?;
+            quiet = ready.is_empty();
             if ready.signaled || (pooled && ready.is_ready(reports_index)) {
                 self.handle_signals()?;
             }
@@ -304,8 +311,9 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         self.pool.as_ref().map_or(self.children.len(), |pool| pool.busy)
     }
 
-    /// Pool upkeep, once per turn of the loop: forks one spare if the pool is
-    /// short (one per turn, so accepting goes on between forks), and retires
+    /// Pool upkeep, on a turn of the loop that follows a wait that found
+    /// nothing ready: forks one spare if the pool is short (one per turn, with
+    /// a wait between forks that serves whatever arrived), and retires
     /// the idle members beyond twice the spares once they have been idle for
     /// [`TRIM_AFTER`].
     fn tend_pool(&mut self, now: Instant) {
@@ -314,7 +322,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             return;
         }
         if self.pool_short(pool) && pool.refill_after.is_none_or(|after| now >= after) {
-            if let Err(error) = self.fork_member() {
+            if let Err(error) = self.fork_member(None) {
                 self.stats.fork_failures += 1;
                 let (pause, first) = (self.settings.backoff, self.fork_trouble.failed());
                 self.report(&Event::PreforkPaused { error: &error, pause, first });
@@ -346,21 +354,27 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     }
 
     /// Forks a pool member, idle until a connection is handed to it.
-    fn fork_member(&mut self) -> Result<ChildPid, ProcError> {
+    /// `pending` is a connection the parent holds open right now (the one a
+    /// member is forked for): the member must not keep a copy of it, or its
+    /// client would never see the connection close.
+    fn fork_member(&mut self, pending: Option<BorrowedFd<'_>>) -> Result<ChildPid, ProcError> {
         let Some(pool) = &self.pool else {
             unreachable!("fork_member outside pool mode");
         };
         let (ours, theirs) = Handoff::pair()?;
+        let held = self.held.as_ref().map(|held| held.stream.as_fd());
         let (listeners, children, child, work) =
             (&mut self.listeners, &self.children, &self.child, &mut self.work);
         let pid = procmgr::fork_child(|| {
             // In the child: the listeners, the other members' channels, this
-            // member's parent end and the parent's end of the reports are the
-            // parent's business. Closed without writing to the parent's
-            // memory, so no page of it is copied.
+            // member's parent end, the parent's end of the reports and any
+            // connection the parent holds are the parent's business. Closed
+            // without writing to the parent's memory, so no page of it is
+            // copied.
             listeners.clear();
             let others = children.iter().filter_map(|(_, job)| job.channel());
-            procmgr::close_in_child(others.chain([ours.as_fd(), pool.reports_fd()]));
+            let parents = [Some(ours.as_fd()), Some(pool.reports_fd()), pending, held];
+            procmgr::close_in_child(others.chain(parents.into_iter().flatten()));
             pool::member(&theirs, pool, child, work)
         })?;
         drop(theirs);
@@ -712,7 +726,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             let idle = self.pool.as_mut().and_then(|pool| pool.idle.pop());
             let (pid, fresh) = match idle {
                 Some(pid) => (pid, false),
-                None => match self.fork_member() {
+                None => match self.fork_member(Some(held.stream.as_fd())) {
                     Ok(pid) => {
                         self.pool.as_mut().and_then(|pool| pool.idle.pop());
                         (pid, true)

@@ -428,6 +428,12 @@ impl Ready {
     pub fn is_ready(&self, index: usize) -> bool {
         index < Self::CAPACITY && self.bits & (1 << index) != 0
     }
+
+    /// Nothing was ready: the wait timed out (or a signal interrupted it).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        !self.signaled && self.bits == 0
+    }
 }
 
 /// A `pollfd` waiting for input on `fd`; `None` is a negative descriptor,

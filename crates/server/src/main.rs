@@ -9,6 +9,7 @@
 
 mod addr;
 mod conn;
+mod help;
 mod log;
 mod notify;
 
@@ -31,7 +32,7 @@ const DEFAULT_PORT: u16 = 7000;
 /// connections, forks a child for each, and reaps the children as they exit,
 /// logging how each one ended. SIGTERM or SIGINT stops it gracefully.
 #[derive(Debug, Parser)]
-#[command(name = "echo-server", version)]
+#[command(name = "echo-server", version, after_long_help = manual::help(help::SECTIONS))]
 struct Args {
     /// TCP port to listen on; 0 picks a free one (the log says which).
     #[arg(default_value_t = DEFAULT_PORT)]
@@ -147,6 +148,12 @@ struct Args {
     /// and `peer` under `span` for a child's lines).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = log::Format::Text)]
     log_format: log::Format,
+
+    /// Write this manual as a man page (`man`) or shell completions (`bash`,
+    /// `zsh`, `fish`) to standard output, and exit. Example: `echo-server
+    /// --generate man > /usr/local/share/man/man1/echo-server.1`.
+    #[arg(long, value_name = "KIND", value_enum, exclusive = true)]
+    generate: Option<manual::Generate>,
 }
 
 /// A timeout: 0 (never), or at least a millisecond, so that a tiny value is
@@ -168,6 +175,9 @@ fn parse_secs(text: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(kind) = args.generate {
+        return generate(kind);
+    }
     // Under inetd or xinetd the connection is descriptor 2 as well: a log
     // line there would go to the client, in the middle of its echo.
     let stderr_is_the_client = args.inetd && same_file("/proc/self/fd/0", "/proc/self/fd/2");
@@ -190,6 +200,18 @@ fn main() -> ExitCode {
             if !stderr_is_the_client {
                 eprintln!("error: {}", chain(err.as_ref()));
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--generate KIND`: the manual or the completions on standard output.
+fn generate(kind: manual::Generate) -> ExitCode {
+    use clap::CommandFactory;
+    match manual::generate(kind, Args::command(), help::SECTIONS, &mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: cannot write the {} output: {err}", kind.name());
             ExitCode::FAILURE
         }
     }
