@@ -107,3 +107,78 @@ fn the_accept_yes_units_inetd_and_xinetd_lines_serve_a_connection_each() {
         .unwrap_or_else(|e| panic!("{name}: {e}: {:#?}", manager.stderr()));
     }
 }
+
+/// The xinetd service of `docs/deploy/xinetd.conf` as xinetd reads it, with
+/// the test's port, the loopback address, and `server` for the binary; the
+/// rest (user, `wait = no`, the arguments, the limits) as written.
+fn xinetd_service(written: &str, port: u16, server: &Path, log: &Path) -> String {
+    let mut conf = format!("defaults\n{{\n\tlog_type = FILE {}\n}}\n", log.display());
+    for line in written.lines().filter(|line| !line.trim_start().starts_with('#')) {
+        let key = line.split('=').next().unwrap_or_default().trim();
+        let line = match key {
+            "port" => format!("\tport = {port}\n\tbind = 127.0.0.1"),
+            "server" => format!("\tserver = {}", server.display()),
+            // IPv6 would bind [::]: tests use the loopback only.
+            "flags" => continue,
+            _ => line.to_owned(),
+        };
+        conf.push_str(&line);
+        conf.push('\n');
+    }
+    conf
+}
+
+#[test]
+fn xinetd_runs_the_service_as_written_one_child_per_connection_as_nobody() {
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    if !crate::installed_or_skip("xinetd") {
+        return;
+    }
+    let Some(nobody) = crate::as_nobody() else { return };
+    let written = file("xinetd.conf");
+    assert!(written.contains("user\t\t= nobody"), "the service must not run as root");
+    let dir = std::env::temp_dir().join(format!("forkecho-xinetd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (conf_path, log) = (dir.join("xinetd.conf"), dir.join("xinetd.log"));
+    // A free port, then xinetd on it; another one if it was taken meanwhile.
+    let mut started = None;
+    for _ in 0..5 {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let conf = xinetd_service(&written, port, nobody.server.path(), &log);
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut command = std::process::Command::new("xinetd");
+        command.arg("-dontfork").arg("-f").arg(&conf_path).arg("-pidfile").arg(dir.join("pid"));
+        let mut manager = integration_tests::process::Running::spawn(command).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let up = integration_tests::wait_until(TIMEOUT, "xinetd listening", || {
+            if TcpStream::connect(addr).is_ok() {
+                return Some(true);
+            }
+            manager.try_status().map(|_| false)
+        });
+        if up == Ok(true) {
+            started = Some((manager, addr));
+            break;
+        }
+    }
+    let (manager, addr) = started.expect("xinetd could not listen on a free port five times");
+    // The readiness probe above was a connection too: it was served and ended.
+    assert_eq!(exchange(addr, b"through xinetd"), b"through xinetd");
+    // A held connection: its echo-server, forked by xinetd, runs as nobody.
+    let mut held = TcpStream::connect(addr).unwrap();
+    held.set_read_timeout(Some(TIMEOUT)).unwrap();
+    crate::echo(&mut held, b"held");
+    let child = integration_tests::wait_until(TIMEOUT, "xinetd's child", || {
+        integration_tests::procfs::children_of(manager.pid()).into_iter().find(|c| !c.is_zombie())
+    })
+    .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid)).unwrap();
+    let uid = status.lines().find(|line| line.starts_with("Uid:")).unwrap().to_owned();
+    let nobody_uid = crate::privileges::nobody().0.to_string();
+    assert_eq!(uid.split_whitespace().nth(1), Some(nobody_uid.as_str()), "not nobody: {uid}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.pid)).unwrap();
+    assert!(String::from_utf8_lossy(&cmdline).contains("--inetd"), "{cmdline:?}");
+    drop(held);
+    drop(manager);
+    let _ = std::fs::remove_dir_all(&dir);
+}

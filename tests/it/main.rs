@@ -17,8 +17,10 @@ mod manual;
 mod policy;
 mod prefork;
 mod privileges;
+mod proxy;
 mod readiness;
 mod reaping;
+mod scaling;
 mod shutdown;
 mod signals;
 mod tidy;
@@ -95,6 +97,17 @@ fn expect_unserved(addr: std::net::SocketAddr, input: &[u8]) {
         Ok(_) => assert!(back.is_empty(), "an unserved client got {back:?}"),
         Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
     }
+}
+
+/// Stops `server` with SIGSTOP and waits until it really is stopped (the
+/// signal takes effect only when the process next runs kernel code), so that
+/// clients that connect now wait in its backlog.
+fn stop(server: &Server) {
+    server.signal(nix::sys::signal::Signal::SIGSTOP).unwrap();
+    integration_tests::wait_until(TIMEOUT, "the server to stop", || {
+        integration_tests::procfs::stat(server.pid()).is_some_and(|p| p.state == 'T').then_some(())
+    })
+    .unwrap();
 }
 
 /// Starts a server on `ip` with `args`, panicking with the reason on failure.

@@ -19,7 +19,7 @@ fn ids(pid: i32, key: &str) -> Vec<u32> {
 }
 
 /// nobody's uid and primary gid, from the password database.
-fn nobody() -> (u32, u32) {
+pub(crate) fn nobody() -> (u32, u32) {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
     let line = passwd.lines().find(|line| line.starts_with("nobody:")).expect("a nobody user");
     let fields: Vec<&str> = line.split(':').collect();

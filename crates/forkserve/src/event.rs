@@ -110,6 +110,15 @@ pub enum Event<'a> {
         /// This failure starts an episode.
         first: bool,
     },
+    /// A trusted balancer's PROXY header named the client (debug; for a v2
+    /// `LOCAL` or v1 `UNKNOWN` header, `peer` is the balancer itself). The
+    /// connection goes on to admission as `peer`'s.
+    Proxied {
+        /// The client's address, from the header.
+        peer: SocketAddr,
+        /// The balancer's address (the connection's own peer).
+        balancer: SocketAddr,
+    },
     /// The admission policy refused a connection; it was closed unserved (info,
     /// at most one line a second: the next line says how many went unlogged).
     Refused {
@@ -207,6 +216,13 @@ pub enum Event<'a> {
         /// How long they may take.
         grace: Duration,
     },
+    /// Shutdown began with connections waiting in the listeners' backlogs, and
+    /// [`Server::finish_backlog`](crate::Server::finish_backlog) asked to
+    /// take them: they were accepted (info).
+    BacklogFinished {
+        /// How many.
+        connections: usize,
+    },
     /// A held connection was closed unserved because shutdown began (warn).
     DroppedAtShutdown {
         /// The client's address.
@@ -277,6 +293,9 @@ impl Event<'_> {
             }
             Self::Accepted { pid, peer } => {
                 info!(pid = pid.as_raw(), %peer, "accepted a connection")
+            }
+            Self::Proxied { peer, balancer } => {
+                debug!(%peer, %balancer, "PROXY header: the client is {peer}");
             }
             Self::Preforked { pid } => debug!(pid = pid.as_raw(), "forked a spare child"),
             Self::Served { pid, peer, code } => {
@@ -374,6 +393,9 @@ impl Event<'_> {
                     children,
                     grace_secs, "received {signal}: closing the listeners, letting children finish"
                 );
+            }
+            Self::BacklogFinished { connections } => {
+                info!(connections, "took the connections waiting in the backlog before closing");
             }
             Self::DroppedAtShutdown { peer } => {
                 warn!(%peer, "closing a connection that could not be served before shutdown");

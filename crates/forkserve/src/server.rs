@@ -4,14 +4,15 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use netcore::Listener;
+use netcore::{ListenOptions, Listener};
 use procmgr::{ProcError, Signal, Signals};
 
 use crate::child::ChildSetup;
 use crate::event::Observer;
 use crate::pool::PoolSettings;
+use crate::proxy::{DEFAULT_TIMEOUT, ProxySettings};
 use crate::supervisor::{Parts, Settings, Supervisor};
-use crate::{Admit, Connection, Event, ServeError, Verdict};
+use crate::{Admit, Cidr, Connection, Event, ServeError, Verdict};
 
 /// The shortest pause the loop takes (a back-off, a [`Verdict::Wait`]): a
 /// zero pause would make it spin.
@@ -53,6 +54,10 @@ pub struct Server {
     spares: usize,
     /// Pool mode's connections per child.
     per_child: u32,
+    /// The balancers that send PROXY headers.
+    proxy_from: Vec<Cidr>,
+    /// How long their headers may take.
+    proxy_timeout: Duration,
 }
 
 impl fmt::Debug for Server {
@@ -94,6 +99,16 @@ impl Server {
     /// [`ServeError::Signals`], or [`ServeError::Listen`] with the address that
     /// could not be bound.
     pub fn bind(addrs: &[SocketAddr], backlog: i32) -> Result<Self, ServeError> {
+        Self::bind_with(addrs, ListenOptions::backlog(backlog))
+    }
+
+    /// [`Server::bind`] with more listener options: `SO_REUSEPORT`, to share
+    /// the port with other servers (see [`ListenOptions::reuse_port`] and
+    /// [`Server::finish_backlog`]).
+    ///
+    /// # Errors
+    /// As [`Server::bind`].
+    pub fn bind_with(addrs: &[SocketAddr], options: ListenOptions) -> Result<Self, ServeError> {
         check_count(addrs.len())?;
         let signals = Self::signals()?;
         let mut listeners: Vec<Listener> = Vec::with_capacity(addrs.len());
@@ -103,7 +118,7 @@ impl Server {
             if let Some(first) = listeners.first() {
                 addr.set_port(first.local_addr().port());
             }
-            listeners.push(Listener::bind(addr, backlog).map_err(ServeError::Listen)?);
+            listeners.push(Listener::bind_with(addr, options).map_err(ServeError::Listen)?);
         }
         Ok(Self::with(listeners, signals))
     }
@@ -147,6 +162,8 @@ impl Server {
             observer: None,
             spares: 0,
             per_child: 1,
+            proxy_from: Vec::new(),
+            proxy_timeout: DEFAULT_TIMEOUT,
         }
     }
 
@@ -242,6 +259,47 @@ impl Server {
         self
     }
 
+    /// At shutdown, before the listeners close, accept the connections
+    /// already waiting in their backlogs and serve them through the grace
+    /// period, as far as the child limit allows, instead of leaving them to
+    /// be reset with the listeners (default off). For a server that shares
+    /// its port (`SO_REUSEPORT`): the kernel queued those clients to this
+    /// server, and no other can take them once its listeners are gone.
+    #[must_use]
+    pub fn finish_backlog(mut self, finish: bool) -> Self {
+        self.settings.finish_backlog = finish;
+        self
+    }
+
+    /// Connections from these addresses (load balancers: HAProxy with
+    /// `send-proxy` or `send-proxy-v2`, nginx, AWS NLB, …) must start with a
+    /// PROXY protocol header, v1 or v2; the client's address it carries then
+    /// stands for the connection everywhere: admission (limits per address,
+    /// access rules), events, the child's [`Connection::peer`]. A v2 `LOCAL`
+    /// or v1 `UNKNOWN` header keeps the balancer's address.
+    ///
+    /// The parent reads each header before admission, without waiting on it:
+    /// up to 32 balancer connections wait at once, each for at most
+    /// [`Server::proxy_timeout`], and nothing past the header is read. A
+    /// trusted connection without a valid header in time is refused, and so
+    /// is a connection from any other address whose first bytes, as far as
+    /// they have arrived when it is accepted, look like a header (a client
+    /// must not pass off an address). An empty list (the default) reads no
+    /// header from anyone.
+    #[must_use]
+    pub fn proxy_protocol(mut self, from: impl IntoIterator<Item = Cidr>) -> Self {
+        self.proxy_from = from.into_iter().collect();
+        self
+    }
+
+    /// How long a balancer's connection may take to send its whole PROXY
+    /// header before it is refused (default 5 s, at least 1 ms).
+    #[must_use]
+    pub fn proxy_timeout(mut self, timeout: Duration) -> Self {
+        self.proxy_timeout = timeout.max(MIN_PAUSE);
+        self
+    }
+
     /// The policy that decides on each connection in the parent, before any
     /// fork (default: serve everyone). [`Policy`](crate::Policy) is a ready-made
     /// one.
@@ -307,6 +365,8 @@ impl Server {
         let mut settings = self.settings;
         settings.prefork = (self.spares > 0)
             .then_some(PoolSettings { spares: self.spares, per_child: self.per_child });
+        settings.proxy = (!self.proxy_from.is_empty())
+            .then_some(ProxySettings { trusted: self.proxy_from, timeout: self.proxy_timeout });
         let parts = Parts {
             listeners: self.listeners,
             signals: self.signals,

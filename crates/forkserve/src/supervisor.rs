@@ -15,6 +15,7 @@ use procmgr::{ChildExit, ChildPid, Children, Handoff, ProcError, Signal, Signals
 use crate::child::ChildSetup;
 use crate::event::{LogContext, Observer, Throttle};
 use crate::pool::{self, Job, Member, Pool, PoolSettings, Report};
+use crate::proxy::{self, Pending, ProxySettings};
 use crate::{Admit, Connection, Event, ServeError, ShutdownSummary, Stats, Verdict};
 
 /// Connections accepted per wake-up before signals get another look.
@@ -37,6 +38,10 @@ pub(crate) struct Settings {
     pub(crate) idle_timeout: Option<Duration>,
     /// Pre-forked children, if any.
     pub(crate) prefork: Option<PoolSettings>,
+    /// At shutdown, serve what waits in the backlogs first.
+    pub(crate) finish_backlog: bool,
+    /// PROXY protocol headers expected from these balancers.
+    pub(crate) proxy: Option<ProxySettings>,
 }
 
 impl Default for Settings {
@@ -48,6 +53,8 @@ impl Default for Settings {
             backoff: Duration::from_millis(100),
             idle_timeout: None,
             prefork: None,
+            finish_backlog: false,
+            proxy: None,
         }
     }
 }
@@ -109,6 +116,10 @@ pub(crate) struct Supervisor<W> {
     work: W,
     /// A connection accepted but not yet served.
     held: Option<Held>,
+    /// Balancers' connections waiting for their PROXY header.
+    pending: Vec<Pending>,
+    /// How many may wait at once.
+    pending_capacity: usize,
     /// Accepting is paused until then.
     paused_until: Option<Instant>,
     /// Consecutive accept failures for lack of descriptors or memory.
@@ -139,7 +150,18 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             }
             None => None,
         };
+        // The loop's one poll holds the listeners, the pool's reports and the
+        // connections waiting for a header.
+        let room = procmgr::Ready::CAPACITY.saturating_sub(listeners.len() + 1);
+        let pending_capacity =
+            if settings.proxy.is_some() { room.min(proxy::MAX_PENDING) } else { 0 };
+        if settings.proxy.is_some() && pending_capacity == 0 {
+            let (count, max) = (listeners.len(), procmgr::Ready::CAPACITY - 2);
+            return Err(ServeError::TooManyListeners { count, max });
+        }
         Ok(Self {
+            pending: Vec::with_capacity(pending_capacity),
+            pending_capacity,
             listeners,
             first_listener: 0,
             signals,
@@ -216,19 +238,26 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             if quiet {
                 self.tend_pool(now);
             }
+            self.look_at_pending(now, |_| false)?;
             let accepting = self.may_accept();
             let timeout = self.next_deadline(now);
             let watched = self.listeners.iter().map(|l| accepting.then(|| l.as_fd()));
             let reports = self.pool.as_ref().map(Pool::reports_fd);
             let (pooled, reports_index) = (reports.is_some(), self.listeners.len());
+            let waiting =
+                self.pending.iter().map(|p| p.retry_at.is_none().then(|| p.stream.as_fd()));
             // On the stack: the parent writes no heap page per wait.
             let ready = self
                 .signals
-                .wait_ready(watched.chain([reports]), timeout)
+                .wait_ready(watched.chain([reports]).chain(waiting), timeout)
                 .map_err(ServeError::Wait)?;
             quiet = ready.is_empty();
             if ready.signaled || (pooled && ready.is_ready(reports_index)) {
                 self.handle_signals()?;
+            }
+            if !self.pending.is_empty() {
+                let first = reports_index + 1;
+                self.look_at_pending(Instant::now(), |index| ready.is_ready(first + index))?;
             }
             // Round-robin over the listeners: the next pass starts after the
             // last one that yielded a connection, so none is always served
@@ -248,6 +277,9 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     /// instead of being dropped).
     fn may_accept(&mut self) -> bool {
         if self.paused_until.is_some() || self.held.is_some() {
+            return false;
+        }
+        if self.pending_capacity > 0 && self.pending.len() >= self.pending_capacity {
             return false;
         }
         // Idle members take connections whatever the count.
@@ -292,7 +324,8 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             let refill = if short { Some(pool.refill_after.unwrap_or(now)) } else { None };
             [refill, pool.trim_at].into_iter().flatten().min()
         });
-        [shutdown, self.paused_until, pool]
+        let pending = self.pending.iter().map(Pending::next_look).min();
+        [shutdown, self.paused_until, pool, pending]
             .into_iter()
             .flatten()
             .min()
@@ -502,8 +535,11 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         let now = Instant::now();
         match self.shutdown {
             None => {
-                let children = self.serving();
                 let grace = if fast { Duration::ZERO } else { self.settings.grace };
+                if self.settings.finish_backlog {
+                    self.finish_backlog()?;
+                }
+                let children = self.serving();
                 self.summary.running = children;
                 self.summary.served = self.stats.accepted;
                 // Each event is reported once what it says has happened.
@@ -511,7 +547,11 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 self.close_pool();
                 self.shutdown = Some(Stage::Grace { until: after(now, grace) });
                 self.report(&Event::ShutdownStarted { signal, children, grace });
-                // A connection not served yet is closed with the listeners.
+                // Connections not served yet are closed with the listeners.
+                for Pending { stream, balancer, .. } in std::mem::take(&mut self.pending) {
+                    drop(stream);
+                    self.report(&Event::DroppedAtShutdown { peer: balancer });
+                }
                 if let Some(Held { stream, peer, admitted, .. }) = self.held.take() {
                     drop(stream);
                     if admitted {
@@ -535,6 +575,27 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             Some(stage) => self.escalate(stage, now),
             None => Ok(()),
         }
+    }
+
+    /// At shutdown, before the listeners close: accepts and serves what
+    /// waits in their backlogs, as far as the child limit allows (a held
+    /// connection, or a full house, ends it).
+    fn finish_backlog(&mut self) -> Result<(), ServeError> {
+        let mut finished = 0_usize;
+        for index in 0..self.listeners.len() {
+            while self.may_accept() {
+                let before = self.stats.accepted + self.stats.refused_total();
+                if !self.accept_batch(index)? {
+                    break;
+                }
+                let after = self.stats.accepted + self.stats.refused_total();
+                finished += usize::try_from(after - before).unwrap_or(usize::MAX);
+            }
+        }
+        if finished > 0 {
+            self.report(&Event::BacklogFinished { connections: finished });
+        }
+        Ok(())
     }
 
     /// At shutdown: closes every member's channel, so idle members exit now
@@ -607,7 +668,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                         self.report(&Event::AcceptResumed { failures });
                     }
                     accepted = true;
-                    self.take(Held { stream, peer, listener: local, admitted: false })?;
+                    self.arrived(stream, peer, local)?;
                 }
                 Err(error) => match error.recovery() {
                     Recovery::Drained => return Ok(accepted),
@@ -632,6 +693,105 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         Ok(accepted)
     }
 
+    /// A connection just accepted: one from a trusted balancer waits for its
+    /// PROXY header; one from anywhere else that starts like a header is
+    /// refused (a client must not pass off an address); the rest go on to
+    /// admission.
+    fn arrived(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        listener: SocketAddr,
+    ) -> Result<(), ServeError> {
+        let Some(settings) = &self.settings.proxy else {
+            return self.take(Held { stream, peer, listener, admitted: false });
+        };
+        if settings.trusts(peer.ip()) {
+            let until = after(Instant::now(), settings.timeout);
+            if stream.set_nonblocking(true).is_err() {
+                self.refuse(peer, proxy::NO_HEADER);
+                return Ok(());
+            }
+            let pending = Pending { stream, balancer: peer, listener, until, retry_at: None };
+            self.pending.push(pending);
+            // It may have come with the connection.
+            let last = self.pending.len() - 1;
+            return self.look_at_pending(Instant::now(), |index| index == last);
+        }
+        // What has arrived already, without waiting for more.
+        let mut first = [0_u8; 12];
+        let seen = stream.set_nonblocking(true).ok().and_then(|()| stream.peek(&mut first).ok());
+        if stream.set_nonblocking(false).is_err() {
+            self.refuse(peer, proxy::NO_HEADER);
+            return Ok(());
+        }
+        match seen {
+            Some(len) if len > 0 && netcore::proxy::looks_like_header(&first[..len]) => {
+                self.refuse(peer, proxy::UNTRUSTED);
+                Ok(())
+            }
+            _ => self.take(Held { stream, peer, listener, admitted: false }),
+        }
+    }
+
+    /// Looks at each waiting balancer connection that `ready` names, or whose
+    /// retry time or deadline has come: a whole header sends the connection
+    /// on to admission under the client's address; a bad one, a closed
+    /// connection or a passed deadline refuses it.
+    fn look_at_pending(
+        &mut self,
+        now: Instant,
+        ready: impl Fn(usize) -> bool,
+    ) -> Result<(), ServeError> {
+        // From the last, so that `swap_remove` moves only entries already seen.
+        for index in (0..self.pending.len()).rev() {
+            let entry = &mut self.pending[index];
+            let due = entry.retry_at.is_some_and(|retry| now >= retry);
+            if !(ready(index) || due || now >= entry.until) {
+                continue;
+            }
+            let peeked = netcore::proxy::peek(&entry.stream);
+            let verdict = match peeked {
+                Ok(netcore::proxy::Parsed::Complete { header, len }) => Ok((header, len)),
+                Ok(netcore::proxy::Parsed::Incomplete) if now < entry.until => {
+                    entry.retry_at = Some(after(now, proxy::RETRY_PARTIAL));
+                    continue;
+                }
+                Ok(netcore::proxy::Parsed::Incomplete) => Err(proxy::TIMED_OUT),
+                Ok(netcore::proxy::Parsed::Invalid(_)) | Err(_) => Err(proxy::NO_HEADER),
+            };
+            let Pending { stream, balancer, listener, .. } = self.pending.swap_remove(index);
+            let taken = verdict.and_then(|(header, len)| {
+                stream.set_nonblocking(false).map_err(|_| proxy::NO_HEADER)?;
+                netcore::proxy::consume(&stream, len).map_err(|_| proxy::NO_HEADER)?;
+                Ok(header)
+            });
+            match taken {
+                Ok(header) => {
+                    let peer = match header {
+                        netcore::proxy::Header::Proxied { source, .. } => source,
+                        netcore::proxy::Header::Local => balancer,
+                    };
+                    self.report(&Event::Proxied { peer, balancer });
+                    self.take(Held { stream, peer, listener, admitted: false })?;
+                }
+                Err(reason) => self.refuse(balancer, reason),
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a connection before admission (closed already, or now), and
+    /// counts and reports it as the policy's refusals are.
+    fn refuse(&mut self, peer: SocketAddr, reason: &str) {
+        self.stats.count_refusal(reason);
+        let event = Event::Refused { peer, reason };
+        match self.refusal_log.pass(Instant::now()) {
+            Some(suppressed) => self.report_with(&event, suppressed),
+            None => self.observe(&event),
+        }
+    }
+
     /// Asks the policy about a connection (unless it already said yes), then
     /// serves, refuses or holds it.
     fn take(&mut self, mut held: Held) -> Result<(), ServeError> {
@@ -641,12 +801,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 Verdict::Refuse(reason) => {
                     let Held { stream, peer, .. } = held;
                     drop(stream);
-                    self.stats.count_refusal(&reason);
-                    let event = Event::Refused { peer, reason: &reason };
-                    match self.refusal_log.pass(Instant::now()) {
-                        Some(suppressed) => self.report_with(&event, suppressed),
-                        None => self.observe(&event),
-                    }
+                    self.refuse(peer, &reason);
                     return Ok(());
                 }
                 Verdict::Wait(pause) => {

@@ -28,9 +28,10 @@
 
 mod error;
 mod listener;
+pub mod proxy;
 
 pub use error::{ConnectAttempts, NetError, Recovery};
-pub use listener::{DEFAULT_BACKLOG, Listener};
+pub use listener::{DEFAULT_BACKLOG, ListenOptions, Listener};
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;

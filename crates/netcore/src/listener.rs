@@ -23,6 +23,40 @@ pub struct Listener {
     local: SocketAddr,
 }
 
+/// How [`Listener::bind_with`] sets a listener up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenOptions {
+    /// The `listen(2)` backlog (default [`DEFAULT_BACKLOG`]).
+    pub backlog: i32,
+    /// `SO_REUSEPORT`: several sockets, in one process or several, may bind
+    /// the same address and port, each with its own queue; the kernel spreads
+    /// new connections among them by a hash of the client's address and
+    /// port. Every socket sharing the port must set it, and belong to the
+    /// same user. Default off.
+    pub reuse_port: bool,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        Self { backlog: DEFAULT_BACKLOG, reuse_port: false }
+    }
+}
+
+impl ListenOptions {
+    /// The defaults with this backlog.
+    #[must_use]
+    pub fn backlog(backlog: i32) -> Self {
+        Self { backlog, ..Self::default() }
+    }
+
+    /// These options with `SO_REUSEPORT` on or off.
+    #[must_use]
+    pub fn reuse_port(self, reuse_port: bool) -> Self {
+        Self { reuse_port, ..self }
+    }
+}
+
 impl Listener {
     /// `socket(2)` + `setsockopt(SO_REUSEADDR)` + `bind(2)` + `listen(2)`.
     ///
@@ -34,10 +68,23 @@ impl Listener {
     /// [`NetError::Bind`] if the address is in use, not local or privileged,
     /// [`NetError::Listen`] if `listen(2)` fails.
     pub fn bind(addr: SocketAddr, backlog: i32) -> Result<Self, NetError> {
+        Self::bind_with(addr, ListenOptions::backlog(backlog))
+    }
+
+    /// [`Listener::bind`] with more options (`SO_REUSEPORT`).
+    ///
+    /// # Errors
+    /// As [`Listener::bind`]; [`NetError::SocketOption`] names an option the
+    /// kernel refused.
+    pub fn bind_with(addr: SocketAddr, options: ListenOptions) -> Result<Self, NetError> {
+        let ListenOptions { backlog, reuse_port } = options;
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(|source| NetError::Socket { addr, source })?;
         let option = |option| move |source| NetError::SocketOption { addr, option, source };
         socket.set_reuse_address(true).map_err(option("SO_REUSEADDR"))?;
+        if reuse_port {
+            socket.set_reuse_port(true).map_err(option("SO_REUSEPORT"))?;
+        }
         if addr.is_ipv6() {
             socket.set_only_v6(true).map_err(option("IPV6_V6ONLY"))?;
         }

@@ -6,7 +6,10 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use crate::{DEFAULT_BACKLOG, Listener, NetError, Recovery, connect, connect_addr, connect_first};
+use crate::{
+    DEFAULT_BACKLOG, ListenOptions, Listener, NetError, Recovery, connect, connect_addr,
+    connect_first,
+};
 
 const V4: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 const V6: SocketAddr = SocketAddr::new(std::net::IpAddr::V6(Ipv6Addr::LOCALHOST), 0);
@@ -112,6 +115,31 @@ fn address_in_use_names_the_address() {
     assert!(matches!(&err, NetError::Bind { addr: a, .. } if *a == addr), "{err:?}");
     assert_eq!(err.io_error().kind(), ErrorKind::AddrInUse);
     assert_eq!(err.to_string(), format!("cannot bind {addr}"));
+}
+
+/// With SO_REUSEPORT on both, two listeners share a port and each accepts;
+/// without it on the second, the port is taken.
+#[test]
+fn reuse_port_lets_two_listeners_share_a_port() {
+    let shared = ListenOptions::default().reuse_port(true);
+    let first = Listener::bind_with(V4, shared).unwrap();
+    let addr = first.local_addr();
+    let second = Listener::bind_with(addr, shared).unwrap();
+    assert_eq!(second.local_addr(), addr);
+    let err = Listener::bind(addr, DEFAULT_BACKLOG).unwrap_err();
+    assert!(matches!(err, NetError::Bind { .. }), "{err:?}");
+    // The kernel spreads connections by a hash of the client's port: across
+    // 32 of them, both listeners get some.
+    let clients: Vec<std::net::TcpStream> =
+        (0..32).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    let drain = |listener: &Listener| {
+        listener.set_nonblocking(true).unwrap();
+        std::iter::from_fn(|| listener.accept().ok()).count()
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let (a, b) = (drain(&first), drain(&second));
+    assert_eq!(a + b, clients.len());
+    assert!(a > 0 && b > 0, "one listener took everything: {a} and {b}");
 }
 
 #[test]

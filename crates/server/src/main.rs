@@ -58,6 +58,16 @@ struct Args {
           value_parser = clap::value_parser!(i32).range(1..))]
     backlog: i32,
 
+    /// Share the port with other echo-server instances started with
+    /// --reuse-port, by the same user (SO_REUSEPORT): the kernel spreads new
+    /// connections among them, each keeps its own limits, and one that shuts
+    /// down first serves the clients already queued to it. With
+    /// net.ipv4.tcp_migrate_req=1 the kernel also hands over those that
+    /// arrive while it closes. Off by default. Example: two `echo-server 7000
+    /// --reuse-port` side by side.
+    #[arg(long)]
+    reuse_port: bool,
+
     /// Most children alive at once; further clients wait in the backlog until
     /// one leaves, instead of exhausting the process table.
     #[arg(long, value_name = "N", default_value_t = 1024,
@@ -108,6 +118,22 @@ struct Args {
     #[arg(long, value_name = "CIDR")]
     deny: Vec<forkserve::Cidr>,
 
+    /// Connections from this address prefix (your load balancers: HAProxy
+    /// with send-proxy or send-proxy-v2, nginx, AWS NLB) must start with a
+    /// PROXY protocol header, v1 or v2, whose client address then counts for
+    /// the limits, access rules, logs and exec mode's TCPREMOTEIP; one
+    /// without a valid header within 5 s is refused, as is a client from
+    /// elsewhere that sends a header. Repeatable. Off by default. Example:
+    /// `--proxy-protocol 10.0.0.0/24`.
+    #[arg(long, value_name = "CIDR")]
+    proxy_protocol: Vec<forkserve::Cidr>,
+
+    /// With --proxy-protocol, how long a balancer's connection may take to
+    /// send its whole header before it is refused; 0 waits forever.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_timeout,
+          requires = "proxy_protocol")]
+    proxy_timeout: f64,
+
     /// Log more: -v shows each connection's data, -vv everything.
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -121,7 +147,7 @@ struct Args {
     /// systemd (`Accept=yes`): they listen and fork. --allow, --deny and
     /// --idle-timeout apply; the limits that need a listening parent do not.
     #[arg(long, conflicts_with_all = ["port", "bind", "backlog", "max_children", "grace",
-          "max_per_ip", "max_rate", "prefork"])]
+          "max_per_ip", "max_rate", "prefork", "reuse_port", "proxy_protocol"])]
     inetd: bool,
 
     /// After binding, run as this user (and its supplementary groups) for
@@ -265,6 +291,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     let addrs: Vec<SocketAddr> = binds.iter().map(|addr| addr.with_port(args.port)).collect();
     let idle_timeout = Some(Duration::from_secs_f64(args.idle_timeout)).filter(|t| !t.is_zero());
     let notifier = notify::Notifier::from_env();
+    let options = forkserve::ListenOptions::backlog(args.backlog).reuse_port(args.reuse_port);
     let (server, listeners) = match inherited_listeners()? {
         Some(listeners) => {
             let count = listeners.len();
@@ -274,13 +301,13 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
             );
             (forkserve::Server::new(listeners)?, count)
         }
-        None => match forkserve::Server::bind(&addrs, args.backlog) {
+        None => match forkserve::Server::bind_with(&addrs, options) {
             Ok(server) => (server, addrs.len()),
             // The default asks for both families; a host without IPv6 gets
             // IPv4 alone rather than no server.
             Err(forkserve::ServeError::Listen(err)) if both && addr::no_ipv6(&err) => {
                 tracing::info!("no IPv6 here ({}); listening on IPv4 only", chain(&err));
-                (forkserve::Server::bind(&addrs[..1], args.backlog)?, 1)
+                (forkserve::Server::bind_with(&addrs[..1], options)?, 1)
             }
             Err(err) => return Err(err.into()),
         },
@@ -304,6 +331,12 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         .prefork(usize::try_from(args.prefork.unwrap_or(0))?)
         .connections_per_child(args.connections_per_child)
         .grace(Duration::from_secs_f64(args.grace))
+        .finish_backlog(args.reuse_port)
+        .proxy_protocol(args.proxy_protocol.iter().cloned())
+        .proxy_timeout(match args.proxy_timeout {
+            0.0 => Duration::MAX,
+            secs => Duration::from_secs_f64(secs),
+        })
         .idle_timeout(idle_timeout)
         .admit(policy(args)?)
         .on_event(move |event| {
