@@ -24,6 +24,7 @@ mod scaling;
 mod shutdown;
 mod signals;
 mod tidy;
+mod udp;
 
 use integration_tests::{Server, SharedCopy, TIMEOUT, current_test, skip};
 

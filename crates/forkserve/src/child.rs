@@ -66,6 +66,12 @@ impl ChildSetup {
         Ok(Self { parent: std::process::id(), close, idle_timeout })
     }
 
+    /// Adds a descriptor of the parent's (a datagram socket) for children to
+    /// close.
+    pub(crate) fn close_too(&mut self, fd: std::os::fd::BorrowedFd<'_>) {
+        self.close.add(fd);
+    }
+
     /// Runs in a new child: the process's set-up, then [`serve`](Self::serve);
     /// returns the exit code.
     pub(crate) fn run(

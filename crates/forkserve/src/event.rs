@@ -254,6 +254,12 @@ pub enum Event<'a> {
         /// The failure.
         error: &'a ProcError,
     },
+    /// Receiving datagrams failed in a way that concerns the socket (warn);
+    /// the loop carries on.
+    DatagramFailed {
+        /// The failure.
+        error: &'a std::io::Error,
+    },
     /// A signal with no job of its own in the loop (SIGHUP, SIGUSR2, SIGALRM,
     /// a real-time signal…): logged, and otherwise ignored (info).
     Signal {
@@ -412,6 +418,9 @@ impl Event<'_> {
             }
             Self::SignalFailed { error } => {
                 warn!(error = chain(error), "cannot signal every child");
+            }
+            Self::DatagramFailed { error } => {
+                warn!(error = chain(error), "cannot receive datagrams");
             }
             Self::Signal { signal } if signal == Signal::HUP => {
                 info!("received {signal}: nothing to reload; carrying on");

@@ -45,6 +45,7 @@
 
 mod admit;
 mod child;
+mod datagram;
 mod error;
 mod event;
 mod exec;
@@ -58,6 +59,7 @@ mod supervisor;
 
 pub use admit::{Admit, Verdict};
 pub use child::{Connection, SETUP_FAILED};
+pub use datagram::is_guarded_port;
 pub use error::ServeError;
 pub use event::Event;
 pub use exec::{EXEC_FAILED, EXEC_NOT_FOUND, Exec};

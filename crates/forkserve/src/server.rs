@@ -1,18 +1,23 @@
 //! [`Server`]: the listeners, the signals, the settings, and `serve`.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use netcore::{ListenOptions, Listener};
 use procmgr::{ProcError, Signal, Signals};
 
 use crate::child::ChildSetup;
+use crate::datagram::{Datagrams, Reply};
 use crate::event::Observer;
 use crate::pool::PoolSettings;
 use crate::proxy::{DEFAULT_TIMEOUT, ProxySettings};
 use crate::supervisor::{Parts, Settings, Supervisor};
 use crate::{Admit, Cidr, Connection, Event, ServeError, Verdict};
+
+/// Replies a second per source address, by default, for datagrams.
+const DEFAULT_DATAGRAM_RATE: u32 = 10;
 
 /// The shortest pause the loop takes (a back-off, a [`Verdict::Wait`]): a
 /// zero pause would make it spin.
@@ -56,6 +61,10 @@ pub struct Server {
     per_child: u32,
     /// The balancers that send PROXY headers.
     proxy_from: Vec<Cidr>,
+    /// The datagram service's sockets and reply, if any.
+    datagrams: Option<(Vec<UdpSocket>, Reply)>,
+    /// Its replies a second per source address.
+    datagram_rate: u32,
     /// How long their headers may take.
     proxy_timeout: Duration,
 }
@@ -163,6 +172,8 @@ impl Server {
             spares: 0,
             per_child: 1,
             proxy_from: Vec::new(),
+            datagrams: None,
+            datagram_rate: DEFAULT_DATAGRAM_RATE,
             proxy_timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -300,6 +311,36 @@ impl Server {
         self
     }
 
+    /// Also answers datagrams on `sockets` (bound with
+    /// [`netcore::bind_udp`], non-blocking), in the parent's loop, without a
+    /// fork: `reply(datagram, source, buffer)` writes the reply into the
+    /// buffer (64 KiB) and returns its length, or `None` for no reply.
+    ///
+    /// The guard such a service needs comes with it: no datagram from a
+    /// source port [`is_guarded_port`](crate::is_guarded_port) names is answered (two echo or
+    /// chargen services would bounce datagrams forever; a spoofed source
+    /// would make this server a reflector), and each source address (each
+    /// IPv6 /64) gets at most [`Server::datagram_rate`] replies a second.
+    /// Everything is counted in [`Stats`](crate::Stats). The sockets close
+    /// with the listeners at shutdown; children never hold them.
+    #[must_use]
+    pub fn datagrams(
+        mut self,
+        sockets: Vec<UdpSocket>,
+        reply: impl FnMut(&[u8], SocketAddr, &mut [u8]) -> Option<usize> + 'static,
+    ) -> Self {
+        self.datagrams = Some((sockets, Box::new(reply)));
+        self
+    }
+
+    /// With [`Server::datagrams`], the most replies a second to one source
+    /// address, and the largest burst (default 10, at least 1).
+    #[must_use]
+    pub fn datagram_rate(mut self, per_source: u32) -> Self {
+        self.datagram_rate = per_source.max(1);
+        self
+    }
+
     /// The policy that decides on each connection in the parent, before any
     /// fork (default: serve everyone). [`Policy`](crate::Policy) is a ready-made
     /// one.
@@ -361,13 +402,20 @@ impl Server {
             // have reset), and a blocking accept would stall every other duty.
             listener.set_nonblocking(true).map_err(ServeError::Listen)?;
         }
-        let child = ChildSetup::new(&self.signals, self.settings.idle_timeout)?;
+        let mut child = ChildSetup::new(&self.signals, self.settings.idle_timeout)?;
+        let datagrams = self.datagrams.map(|(sockets, reply)| {
+            for socket in &sockets {
+                child.close_too(socket.as_fd());
+            }
+            Datagrams::new(sockets, reply, self.datagram_rate)
+        });
         let mut settings = self.settings;
         settings.prefork = (self.spares > 0)
             .then_some(PoolSettings { spares: self.spares, per_child: self.per_child });
         settings.proxy = (!self.proxy_from.is_empty())
             .then_some(ProxySettings { trusted: self.proxy_from, timeout: self.proxy_timeout });
         let parts = Parts {
+            datagrams,
             listeners: self.listeners,
             signals: self.signals,
             settings,

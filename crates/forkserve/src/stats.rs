@@ -32,6 +32,17 @@ pub struct Stats {
     pub fork_failures: u64,
     /// `accept(2)` failures of any kind.
     pub accept_errors: u64,
+    /// Datagrams received ([`Server::datagrams`](crate::Server::datagrams)).
+    pub datagrams_received: u64,
+    /// Datagrams answered.
+    pub datagrams_answered: u64,
+    /// Datagrams not answered because their source port is a service that
+    /// would answer back ([`is_guarded_port`](crate::is_guarded_port)).
+    pub datagrams_guarded: u64,
+    /// Datagrams not answered because their source was over its rate.
+    pub datagrams_limited: u64,
+    /// Replies the socket would not take (a full send buffer).
+    pub datagrams_unsent: u64,
 }
 
 impl Stats {
@@ -61,7 +72,9 @@ impl Stats {
 impl fmt::Display for Stats {
     /// `accepted 12, refused 3 (denied by the access rules 3), deferred 0,
     /// active 2, exited 0: 9, exited otherwise 1, killed by a signal 0, ended
-    /// unknown 0, fork failures 0, accept errors 0`.
+    /// unknown 0, fork failures 0, accept errors 0`, and with datagrams,
+    /// `; datagrams received 9, answered 6, guarded port 1, over the rate 2,
+    /// unsent 0`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "accepted {}, refused {}", self.accepted, self.refused_total())?;
         if !self.refused.is_empty() {
@@ -81,7 +94,19 @@ impl fmt::Display for Stats {
             self.ended_unknown,
             self.fork_failures,
             self.accept_errors
-        )
+        )?;
+        if self.datagrams_received > 0 {
+            write!(
+                f,
+                "; datagrams received {}, answered {}, guarded port {}, over the rate {}, unsent {}",
+                self.datagrams_received,
+                self.datagrams_answered,
+                self.datagrams_guarded,
+                self.datagrams_limited,
+                self.datagrams_unsent
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ use netcore::{Listener, Recovery};
 use procmgr::{ChildExit, ChildPid, Children, Handoff, ProcError, Signal, Signals};
 
 use crate::child::ChildSetup;
+use crate::datagram::Datagrams;
 use crate::event::{LogContext, Observer, Throttle};
 use crate::pool::{self, Job, Member, Pool, PoolSettings, Report};
 use crate::proxy::{self, Pending, ProxySettings};
@@ -97,6 +98,7 @@ pub(crate) struct Parts {
     pub(crate) admit: Box<dyn Admit>,
     pub(crate) observer: Option<Observer>,
     pub(crate) child: ChildSetup,
+    pub(crate) datagrams: Option<Datagrams>,
 }
 
 pub(crate) struct Supervisor<W> {
@@ -116,6 +118,8 @@ pub(crate) struct Supervisor<W> {
     work: W,
     /// A connection accepted but not yet served.
     held: Option<Held>,
+    /// The datagram service, if any (closed at shutdown).
+    datagrams: Option<Datagrams>,
     /// Balancers' connections waiting for their PROXY header.
     pending: Vec<Pending>,
     /// How many may wait at once.
@@ -143,7 +147,7 @@ pub(crate) struct Supervisor<W> {
 
 impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     pub(crate) fn new(parts: Parts, work: W) -> Result<Self, ServeError> {
-        let Parts { listeners, signals, settings, admit, observer, child } = parts;
+        let Parts { listeners, signals, settings, admit, observer, child, datagrams } = parts;
         let pool = match settings.prefork {
             Some(prefork) => {
                 Some(Pool::new(prefork, settings.max_children).map_err(ServeError::Prefork)?)
@@ -152,7 +156,12 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         };
         // The loop's one poll holds the listeners, the pool's reports and the
         // connections waiting for a header.
-        let room = procmgr::Ready::CAPACITY.saturating_sub(listeners.len() + 1);
+        let udp = datagrams.as_ref().map_or(0, |d| d.sockets.len());
+        if listeners.len() + 1 + udp > procmgr::Ready::CAPACITY {
+            let (count, max) = (listeners.len() + udp, procmgr::Ready::CAPACITY - 1);
+            return Err(ServeError::TooManyListeners { count, max });
+        }
+        let room = procmgr::Ready::CAPACITY.saturating_sub(listeners.len() + 1 + udp);
         let pending_capacity =
             if settings.proxy.is_some() { room.min(proxy::MAX_PENDING) } else { 0 };
         if settings.proxy.is_some() && pending_capacity == 0 {
@@ -160,6 +169,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             return Err(ServeError::TooManyListeners { count, max });
         }
         Ok(Self {
+            datagrams,
             pending: Vec::with_capacity(pending_capacity),
             pending_capacity,
             listeners,
@@ -244,19 +254,25 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             let watched = self.listeners.iter().map(|l| accepting.then(|| l.as_fd()));
             let reports = self.pool.as_ref().map(Pool::reports_fd);
             let (pooled, reports_index) = (reports.is_some(), self.listeners.len());
+            let udp = self.datagrams.as_ref().map_or(&[][..], |d| &d.sockets[..]);
+            let (udp_count, first_udp) = (udp.len(), reports_index + 1);
+            let udp = udp.iter().map(|socket| Some(socket.as_fd()));
             let waiting =
                 self.pending.iter().map(|p| p.retry_at.is_none().then(|| p.stream.as_fd()));
             // On the stack: the parent writes no heap page per wait.
             let ready = self
                 .signals
-                .wait_ready(watched.chain([reports]).chain(waiting), timeout)
+                .wait_ready(watched.chain([reports]).chain(udp).chain(waiting), timeout)
                 .map_err(ServeError::Wait)?;
             quiet = ready.is_empty();
             if ready.signaled || (pooled && ready.is_ready(reports_index)) {
                 self.handle_signals()?;
             }
+            for index in (0..udp_count).filter(|&i| ready.is_ready(first_udp + i)) {
+                self.answer_datagrams(index);
+            }
             if !self.pending.is_empty() {
-                let first = reports_index + 1;
+                let first = first_udp + udp_count;
                 self.look_at_pending(Instant::now(), |index| ready.is_ready(first + index))?;
             }
             // Round-robin over the listeners: the next pass starts after the
@@ -544,6 +560,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 self.summary.served = self.stats.accepted;
                 // Each event is reported once what it says has happened.
                 self.listeners.clear();
+                self.datagrams = None;
                 self.close_pool();
                 self.shutdown = Some(Stage::Grace { until: after(now, grace) });
                 self.report(&Event::ShutdownStarted { signal, children, grace });
@@ -691,6 +708,15 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             }
         }
         Ok(accepted)
+    }
+
+    /// Answers what waits on datagram socket `index`; a failure of the
+    /// socket is reported and the loop goes on.
+    fn answer_datagrams(&mut self, index: usize) {
+        let Some(datagrams) = &mut self.datagrams else { return };
+        if let Err(error) = datagrams.serve(index, &mut self.stats) {
+            self.report(&Event::DatagramFailed { error: &error });
+        }
     }
 
     /// A connection just accepted: one from a trusted balancer waits for its

@@ -31,7 +31,7 @@ mod listener;
 pub mod proxy;
 
 pub use error::{ConnectAttempts, NetError, Recovery};
-pub use listener::{DEFAULT_BACKLOG, ListenOptions, Listener};
+pub use listener::{DEFAULT_BACKLOG, ListenOptions, Listener, bind_udp};
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! `Listener`: a bound, listening TCP socket and its `accept(2)`.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -159,6 +159,29 @@ impl Listener {
             .set_nonblocking(nonblocking)
             .map_err(|source| NetError::Mode { local: self.local, source })
     }
+}
+
+/// A UDP socket bound to `addr`, non-blocking and close-on-exec, for a
+/// datagram service beside the TCP one: IPv6 sockets are v6-only (as
+/// listeners are), and `options.reuse_port` applies (its backlog does
+/// not).
+///
+/// # Errors
+/// [`NetError::Socket`], [`NetError::SocketOption`] or [`NetError::Bind`].
+pub fn bind_udp(addr: SocketAddr, options: ListenOptions) -> Result<UdpSocket, NetError> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|source| NetError::Socket { addr, source })?;
+    let option = |option| move |source| NetError::SocketOption { addr, option, source };
+    if options.reuse_port {
+        socket.set_reuse_port(true).map_err(option("SO_REUSEPORT"))?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(option("IPV6_V6ONLY"))?;
+    }
+    socket.set_nonblocking(true).map_err(option("O_NONBLOCK"))?;
+    socket.bind(&addr.into()).map_err(|source| NetError::Bind { addr, source })?;
+    tracing::trace!(%addr, "bound a UDP socket");
+    Ok(socket.into())
 }
 
 fn bound_addr(socket: &Socket) -> io::Result<SocketAddr> {

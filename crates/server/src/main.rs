@@ -134,6 +134,20 @@ struct Args {
           requires = "proxy_protocol")]
     proxy_timeout: f64,
 
+    /// Also echo UDP datagrams on the same addresses and port (RFC 862), from
+    /// the parent, without a fork: never to a source port under 1024 or of a
+    /// service that answers back (so two echo services cannot bounce a
+    /// datagram forever), and at most --udp-rate replies a second to one
+    /// address. Off by default.
+    #[arg(long)]
+    udp: bool,
+
+    /// With --udp, the most replies a second (and burst) to one source
+    /// address (an IPv6 /64).
+    #[arg(long, value_name = "N", default_value_t = 10, requires = "udp",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    udp_rate: u32,
+
     /// Log more: -v shows each connection's data, -vv everything.
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -147,7 +161,7 @@ struct Args {
     /// systemd (`Accept=yes`): they listen and fork. --allow, --deny and
     /// --idle-timeout apply; the limits that need a listening parent do not.
     #[arg(long, conflicts_with_all = ["port", "bind", "backlog", "max_children", "grace",
-          "max_per_ip", "max_rate", "prefork", "reuse_port", "proxy_protocol"])]
+          "max_per_ip", "max_rate", "prefork", "reuse_port", "proxy_protocol", "udp"])]
     inetd: bool,
 
     /// After binding, run as this user (and its supplementary groups) for
@@ -312,6 +326,20 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
             Err(err) => return Err(err.into()),
         },
     };
+    // RFC 862 over UDP on the same addresses and port, bound while root too.
+    let udp = if args.udp {
+        let sockets = server
+            .local_addrs()
+            .into_iter()
+            .map(|addr| netcore::bind_udp(addr, options))
+            .collect::<Result<Vec<_>, _>>()?;
+        for socket in &sockets {
+            tracing::info!(target: "forkserve::listening", "answering UDP datagrams on {}", socket.local_addr()?);
+        }
+        Some(sockets)
+    } else {
+        None
+    };
     // Bound (a port under 1024 needs root): now give root up, before anyone
     // is served, or do not serve at all.
     if let Some(user) = &args.user {
@@ -333,6 +361,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         .grace(Duration::from_secs_f64(args.grace))
         .finish_backlog(args.reuse_port)
         .proxy_protocol(args.proxy_protocol.iter().cloned())
+        .datagram_rate(args.udp_rate)
         .proxy_timeout(match args.proxy_timeout {
             0.0 => Duration::MAX,
             secs => Duration::from_secs_f64(secs),
@@ -349,6 +378,14 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
                 readiness.report(notifier, event);
             }
         });
+    // Echo: the reply is the datagram.
+    let server = match udp {
+        Some(sockets) => server.datagrams(sockets, |datagram, _, reply| {
+            reply.get_mut(..datagram.len())?.copy_from_slice(datagram);
+            Some(datagram.len())
+        }),
+        None => server,
+    };
     match args.program.split_first() {
         Some((program, program_args)) => {
             let exec = forkserve::Exec::new(program, program_args);
