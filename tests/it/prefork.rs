@@ -284,3 +284,26 @@ fn a_burst_that_outruns_the_spares_is_served_and_every_connection_closes() {
         assert!(sockets == 2 && others.is_empty(), "{}: {:?}", child.pid, procfs::fds(child.pid));
     }
 }
+
+#[test]
+fn a_paused_pool_waits_without_spinning() {
+    // One new connection a second: a burst holds the loop paused with the
+    // pool short of spares. The parent must sleep through the pause, not
+    // poll in a loop.
+    let server = server("127.0.0.1", &["--prefork", "2", "--max-rate", "1"]);
+    children(&server, 2);
+    let mut streams: Vec<std::net::TcpStream> = (0..6).map(|_| connect(&server)).collect();
+    for stream in &mut streams {
+        stream.write_all(b"burst").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = crate::limits::cpu_ticks(server.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = crate::limits::cpu_ticks(server.pid()) - before;
+    assert!(used < 30, "the parent used {used} ticks of CPU in 100 while paused");
+    for stream in &mut streams {
+        let mut reply = [0; 5];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"burst");
+    }
+}

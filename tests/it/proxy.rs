@@ -288,3 +288,90 @@ fn haproxy_in_front_of_two_instances_passes_each_clients_address() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = binary("echo-server");
 }
+
+/// Whether `stream` sees its connection closed (end of file or a reset)
+/// within `wait`.
+fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(err) => err.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+#[test]
+fn a_connection_waiting_for_its_header_is_held_by_no_child() {
+    for mode in [&[][..], &["--prefork", "1", "--connections-per-child", "0"][..]] {
+        let mut args = vec!["--proxy-protocol", "127.0.0.1/32", "--proxy-timeout", "0.5"];
+        args.extend_from_slice(mode);
+        let server = server("127.0.0.1", &args);
+        let addr = server.addr();
+        // Half a header waits in the parent while a client is served (and a
+        // child forked, or a spare): the child must not get a copy of it.
+        let mut waiting = TcpStream::connect(addr).unwrap();
+        waiting.write_all(b"PROXY TCP4 ").unwrap();
+        let _served = held(addr, "192.0.2.5:5");
+        let _spare_forked_meanwhile = held(addr, "192.0.2.6:6");
+        // Refused at its deadline by the parent: the connection really closes.
+        assert!(closed_within(&mut waiting, TIMEOUT), "{mode:?}: a child still holds it");
+        server.wait_for_log(&["PROXY header timed out"], 1, TIMEOUT).unwrap();
+    }
+}
+
+#[test]
+fn whole_headers_wait_for_a_pause_and_the_child_limit_and_none_is_lost() {
+    // One new connection a second, at most one child: four balancer
+    // connections whose headers are all there at once are served one after
+    // the other, none dropped, never two children.
+    let args = ["--proxy-protocol", "127.0.0.1/32", "--max-rate", "1", "--max-children", "1"];
+    let server = server("127.0.0.1", &args);
+    let addr = server.addr();
+    // Accepted first, silent, so that all four wait in the parent; then the
+    // headers come together and complete in one wake-up.
+    let mut streams: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for (index, stream) in streams.iter_mut().enumerate() {
+        let mut first = v1(&format!("192.0.2.{}:9", index + 1), addr);
+        first.extend_from_slice(format!("client {index}").as_bytes());
+        stream.write_all(&first).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    for (index, stream) in streams.iter_mut().enumerate() {
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).unwrap();
+        assert_eq!(back, format!("client {index}").as_bytes(), "client {index}");
+        assert!(server.children().len() <= 1, "more children than the limit");
+    }
+    server.signal(Signal::SIGUSR1).unwrap();
+    server.wait_for_log(&["counters: accepted 4, refused 0"], 1, TIMEOUT).unwrap();
+}
+
+#[test]
+fn a_full_waiting_room_refuses_more_balancer_connections_but_stops_no_one_else() {
+    if !crate::ipv6_or_skip() {
+        return;
+    }
+    // 127.0.0.1 is the balancer; ::1 is an ordinary client.
+    let args = ["--bind", "::1", "--proxy-protocol", "127.0.0.1/32", "--proxy-timeout", "30"];
+    let server = server("127.0.0.1", &args);
+    let v4 = server.addr();
+    let silent: Vec<TcpStream> = (0..32).map(|_| TcpStream::connect(v4).unwrap()).collect();
+    // The 33rd balancer connection is refused at once…
+    let mut extra = TcpStream::connect(v4).unwrap();
+    assert!(closed_within(&mut extra, TIMEOUT), "a 33rd waiting connection was kept");
+    // …and an ordinary client is served all the same.
+    let line = server.wait_for_log(&["listening on [::1]:"], 1, TIMEOUT).unwrap();
+    let v6: SocketAddr = line[0]
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(crate::exchange(v6, b"not stopped"), b"not stopped");
+    drop(silent);
+}

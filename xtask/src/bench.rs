@@ -308,7 +308,7 @@ impl Bench {
                     }
                     let Some(server) = running[i].as_ref() else { continue };
                     let seed = self.seed ^ ((round as u64) << 56);
-                    match self.measure(workload, server, &pattern, seed) {
+                    match self.measure(workload, server, &pattern, seed, spec.proxy) {
                         Ok(figures) => {
                             let shown: Vec<String> = figures
                                 .iter()
@@ -402,15 +402,17 @@ impl Bench {
         server: &Started,
         pattern: &Pattern,
         seed: u64,
+        proxy: bool,
     ) -> Result<Vec<(Metric, f64)>, String> {
         let addr = server.addr();
         let scale = &self.scale;
-        let warm_up = || load::short_connections(addr, 1, load::HANG, WARMUP, !seed).map(drop);
+        let warm_up =
+            || load::short_connections(addr, 1, load::HANG, WARMUP, !seed, proxy).map(drop);
         match workload {
             Workload::Connrate => {
                 warm_up()?;
-                let timed =
-                    load::short_connections(addr, WORKERS, scale.connrate, MAX_EXCHANGES, seed)?;
+                let (limit, max) = (scale.connrate, MAX_EXCHANGES);
+                let timed = load::short_connections(addr, WORKERS, limit, max, seed, proxy)?;
                 let rate = stats::rate(timed.count as f64, timed.elapsed);
                 let p = Percentiles::of(timed.latencies);
                 Ok(vec![
@@ -422,7 +424,8 @@ impl Bench {
             Workload::Latency => {
                 warm_up()?;
                 // One client at a time: its rate would only be 1 / latency.
-                let timed = load::short_connections(addr, 1, scale.latency, MAX_EXCHANGES, seed)?;
+                let (limit, max) = (scale.latency, MAX_EXCHANGES);
+                let timed = load::short_connections(addr, 1, limit, max, seed, proxy)?;
                 let p = Percentiles::of(timed.latencies);
                 Ok(vec![(Metric::LatencyP50, p.micros(50)), (Metric::LatencyP99, p.micros(99))])
             }

@@ -52,6 +52,9 @@ pub enum ServeError {
     /// or its signal mask cannot be set).
     #[error(transparent)]
     Fork(ProcError),
+    /// A datagram socket could not be made non-blocking.
+    #[error("cannot set up the datagram sockets")]
+    Datagrams(#[source] std::io::Error),
     /// The pre-forked pool's report channel could not be made or read.
     #[error("cannot run the pool of pre-forked children")]
     Prefork(#[source] std::io::Error),

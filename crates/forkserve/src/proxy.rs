@@ -22,6 +22,7 @@ pub(crate) const RETRY_PARTIAL: Duration = Duration::from_millis(5);
 pub(crate) const NO_HEADER: &str = "no valid PROXY header";
 pub(crate) const TIMED_OUT: &str = "PROXY header timed out";
 pub(crate) const UNTRUSTED: &str = "PROXY header from an untrusted address";
+pub(crate) const TOO_MANY_WAITING: &str = "too many balancer connections waiting for a header";
 
 /// Who must send a header, and how soon.
 #[derive(Debug, Clone)]
@@ -49,13 +50,20 @@ pub(crate) struct Pending {
     pub(crate) listener: SocketAddr,
     /// Refused if the header is not whole by then.
     pub(crate) until: Instant,
-    /// Half a header was there: not polled again before then.
+    /// Half a header was there (or a whole one that cannot be taken yet):
+    /// not polled again before then.
     pub(crate) retry_at: Option<Instant>,
+    /// The header is whole: the deadline no longer applies.
+    pub(crate) complete: bool,
 }
 
 impl Pending {
     /// When the loop must look at it again without an event.
     pub(crate) fn next_look(&self) -> Instant {
-        self.retry_at.map_or(self.until, |retry| retry.min(self.until))
+        match (self.retry_at, self.complete) {
+            (Some(retry), true) => retry,
+            (Some(retry), false) => retry.min(self.until),
+            (None, _) => self.until,
+        }
     }
 }

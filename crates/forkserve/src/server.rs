@@ -403,12 +403,17 @@ impl Server {
             listener.set_nonblocking(true).map_err(ServeError::Listen)?;
         }
         let mut child = ChildSetup::new(&self.signals, self.settings.idle_timeout)?;
-        let datagrams = self.datagrams.map(|(sockets, reply)| {
-            for socket in &sockets {
-                child.close_too(socket.as_fd());
+        let datagrams = match self.datagrams {
+            Some((sockets, reply)) => {
+                for socket in &sockets {
+                    // A blocking socket would stall the loop on its second read.
+                    socket.set_nonblocking(true).map_err(ServeError::Datagrams)?;
+                    child.close_too(socket.as_fd());
+                }
+                Some(Datagrams::new(sockets, reply, self.datagram_rate))
             }
-            Datagrams::new(sockets, reply, self.datagram_rate)
-        });
+            None => None,
+        };
         let mut settings = self.settings;
         settings.prefork = (self.spares > 0)
             .then_some(PoolSettings { spares: self.spares, per_child: self.per_child });

@@ -295,9 +295,6 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         if self.paused_until.is_some() || self.held.is_some() {
             return false;
         }
-        if self.pending_capacity > 0 && self.pending.len() >= self.pending_capacity {
-            return false;
-        }
         // Idle members take connections whatever the count.
         let idle = self.pool.as_ref().map_or(0, |pool| pool.idle.len());
         let full = idle == 0 && self.children.len() >= self.settings.max_children;
@@ -334,7 +331,8 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             }
             None => None,
         };
-        let pool = self.pool.as_ref().and_then(|pool| {
+        // While paused, the pool waits too (`tend_pool` does nothing then).
+        let pool = self.pool.as_ref().filter(|_| self.paused_until.is_none()).and_then(|pool| {
             // Short of spares: fork the next one right after this wait.
             let short = self.shutdown.is_none() && self.pool_short(pool);
             let refill = if short { Some(pool.refill_after.unwrap_or(now)) } else { None };
@@ -412,6 +410,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         };
         let (ours, theirs) = Handoff::pair()?;
         let held = self.held.as_ref().map(|held| held.stream.as_fd());
+        let waiting = &self.pending;
         let (listeners, children, child, work) =
             (&mut self.listeners, &self.children, &self.child, &mut self.work);
         let pid = procmgr::fork_child(|| {
@@ -423,7 +422,8 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             listeners.clear();
             let others = children.iter().filter_map(|(_, job)| job.channel());
             let parents = [Some(ours.as_fd()), Some(pool.reports_fd()), pending, held];
-            procmgr::close_in_child(others.chain(parents.into_iter().flatten()));
+            let waiting = waiting.iter().map(|p| p.stream.as_fd());
+            procmgr::close_in_child(others.chain(parents.into_iter().flatten()).chain(waiting));
             pool::member(&theirs, pool, child, work)
         })?;
         drop(theirs);
@@ -516,6 +516,13 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                     pool.busy = pool.busy.saturating_sub(1);
                 } else {
                     pool.forget_idle(pid);
+                    // A spare that failed (could not set itself up, or was
+                    // killed) is replaced after the back-off, not at once: a
+                    // spare that dies on start must not become a fork storm.
+                    if !exit.success() && self.shutdown.is_none() {
+                        let pause = self.settings.backoff;
+                        pool.refill_after = Some(after(Instant::now(), pause));
+                    }
                     // No connection was lost: pool upkeep, not a client's.
                     self.report(&Event::SpareReaped { pid, exit });
                     continue;
@@ -552,7 +559,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         match self.shutdown {
             None => {
                 let grace = if fast { Duration::ZERO } else { self.settings.grace };
-                if self.settings.finish_backlog {
+                if self.settings.finish_backlog && !fast {
                     self.finish_backlog()?;
                 }
                 let children = self.serving();
@@ -733,12 +740,26 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             return self.take(Held { stream, peer, listener, admitted: false });
         };
         if settings.trusts(peer.ip()) {
+            // Never more than the loop's poll can watch: a balancer that
+            // opens connections and sends nothing cannot stop the server
+            // for anyone else.
+            if self.pending.len() >= self.pending_capacity {
+                self.refuse(peer, proxy::TOO_MANY_WAITING);
+                return Ok(());
+            }
             let until = after(Instant::now(), settings.timeout);
             if stream.set_nonblocking(true).is_err() {
                 self.refuse(peer, proxy::NO_HEADER);
                 return Ok(());
             }
-            let pending = Pending { stream, balancer: peer, listener, until, retry_at: None };
+            let pending = Pending {
+                stream,
+                balancer: peer,
+                listener,
+                until,
+                retry_at: None,
+                complete: false,
+            };
             self.pending.push(pending);
             // It may have come with the connection.
             let last = self.pending.len() - 1;
@@ -771,20 +792,39 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     ) -> Result<(), ServeError> {
         // From the last, so that `swap_remove` moves only entries already seen.
         for index in (0..self.pending.len()).rev() {
+            let can_take = self.can_take();
             let entry = &mut self.pending[index];
             let due = entry.retry_at.is_some_and(|retry| now >= retry);
-            if !(ready(index) || due || now >= entry.until) {
+            let expired = now >= entry.until && !entry.complete;
+            if !(ready(index) || due || expired) {
                 continue;
             }
             let peeked = netcore::proxy::peek(&entry.stream);
             let verdict = match peeked {
-                Ok(netcore::proxy::Parsed::Complete { header, len }) => Ok((header, len)),
-                Ok(netcore::proxy::Parsed::Incomplete) if now < entry.until => {
+                // Whole, but no room for it yet (a connection held, a pause,
+                // the child limit): it waits as a client in the backlog
+                // would, without a deadline, looked at again shortly.
+                Ok(Some(netcore::proxy::Parsed::Complete { .. })) if !can_take => {
+                    entry.complete = true;
+                    let soon = after(now, proxy::RETRY_PARTIAL);
+                    entry.retry_at = Some(self.paused_until.map_or(soon, |p| p.max(soon)));
+                    continue;
+                }
+                Ok(Some(netcore::proxy::Parsed::Complete { header, len })) => Ok((header, len)),
+                // Nothing yet: the socket is polled, and wakes the loop when
+                // something comes.
+                Ok(None) if now < entry.until => {
+                    entry.retry_at = None;
+                    continue;
+                }
+                // Half a header: what is there keeps the socket readable, so
+                // it is looked at again a little later instead.
+                Ok(Some(netcore::proxy::Parsed::Incomplete)) if now < entry.until => {
                     entry.retry_at = Some(after(now, proxy::RETRY_PARTIAL));
                     continue;
                 }
-                Ok(netcore::proxy::Parsed::Incomplete) => Err(proxy::TIMED_OUT),
-                Ok(netcore::proxy::Parsed::Invalid(_)) | Err(_) => Err(proxy::NO_HEADER),
+                Ok(None | Some(netcore::proxy::Parsed::Incomplete)) => Err(proxy::TIMED_OUT),
+                Ok(Some(netcore::proxy::Parsed::Invalid(_))) | Err(_) => Err(proxy::NO_HEADER),
             };
             let Pending { stream, balancer, listener, .. } = self.pending.swap_remove(index);
             let taken = verdict.and_then(|(header, len)| {
@@ -805,6 +845,16 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             }
         }
         Ok(())
+    }
+
+    /// Whether a connection can go on to admission now: none is held, nothing
+    /// is paused, and a child can be had (an idle member, or room under the
+    /// child limit).
+    fn can_take(&self) -> bool {
+        let idle = self.pool.as_ref().map_or(0, |pool| pool.idle.len());
+        self.held.is_none()
+            && self.paused_until.is_none()
+            && (idle > 0 || self.children.len() < self.settings.max_children)
     }
 
     /// Refuses a connection before admission (closed already, or now), and
@@ -852,10 +902,15 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         let Held { stream, peer, listener, admitted } = held;
         let mut stream = Some(stream);
         let (listeners, child, work) = (&mut self.listeners, &self.child, &mut self.work);
+        let (pending, held) = (&self.pending, &self.held);
         let forked = procmgr::fork_child(|| {
             // In the child, on its own copy of memory: the listening sockets
-            // are the parent's business, so close them first; then serve.
+            // and the connections the parent still holds (waiting for a PROXY
+            // header, or held back) are the parent's business, so close them
+            // first; then serve.
             listeners.clear();
+            let waiting = pending.iter().map(|p| p.stream.as_fd());
+            procmgr::close_in_child(waiting.chain(held.iter().map(|h| h.stream.as_fd())));
             let Some(stream) = stream.take() else { return crate::SETUP_FAILED };
             child.run(stream, peer, listener, work)
         });

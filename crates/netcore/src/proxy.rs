@@ -143,39 +143,34 @@ fn v2_header(header: &v2::Header<'_>) -> Parsed {
     Parsed::Complete { header, len }
 }
 
-/// Whether `bytes` start like a PROXY header (`PROXY ` or v2's 12-byte
-/// signature, or as much of either as there is): what a server that trusts no
-/// header looks for, to refuse a client trying to pass one off.
+/// Whether `bytes` start with a whole PROXY signature (`PROXY ` or v2's 12
+/// bytes): what a server that trusts no header looks for, to refuse a client
+/// trying to pass one off. A shorter start proves nothing (a client may send
+/// `P` or an empty line for its own reasons).
 #[must_use]
 pub fn looks_like_header(bytes: &[u8]) -> bool {
-    let starts = |prefix: &[u8]| {
-        let n = bytes.len().min(prefix.len());
-        n > 0 && bytes[..n] == prefix[..n]
-    };
-    starts(b"PROXY ") || starts(v2::PROTOCOL_PREFIX)
+    bytes.starts_with(b"PROXY ") || bytes.starts_with(v2::PROTOCOL_PREFIX)
 }
 
 /// Looks at what has arrived on `stream` without taking it (`MSG_PEEK`): the
-/// header, as far as it has come. The stream must be non-blocking
-/// ([`TcpStream::set_nonblocking`]): nothing arrived yet is `Incomplete`, not
-/// a wait; a connection closed before a whole header is `Invalid`.
+/// header, as far as it has come, or `None` if nothing has arrived yet. The
+/// stream must be non-blocking ([`TcpStream::set_nonblocking`]), so this
+/// never waits; a connection closed before a whole header is `Invalid`.
 ///
 /// # Errors
 /// A failed `recv(2)` other than "nothing yet" (a reset, say).
-pub fn peek(stream: &TcpStream) -> io::Result<Parsed> {
+pub fn peek(stream: &TcpStream) -> io::Result<Option<Parsed>> {
     let mut buf = [0_u8; MAX_HEADER];
     let received = match stream.peek(&mut buf) {
-        Ok(0) => return Ok(Parsed::Invalid("closed before a whole PROXY header")),
+        Ok(0) => return Ok(Some(Parsed::Invalid("closed before a whole PROXY header"))),
         Ok(received) => received,
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Parsed::Incomplete),
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(None),
         Err(err) => return Err(err),
     };
-    match parse(&buf[..received]) {
-        Parsed::Incomplete if received == MAX_HEADER => {
-            Ok(Parsed::Invalid("PROXY header too long"))
-        }
-        parsed => Ok(parsed),
-    }
+    Ok(Some(match parse(&buf[..received]) {
+        Parsed::Incomplete if received == MAX_HEADER => Parsed::Invalid("PROXY header too long"),
+        parsed => parsed,
+    }))
 }
 
 /// Takes exactly `len` bytes off `stream` (a header [`peek`] saw whole, so
@@ -380,7 +375,8 @@ mod tests {
             Parsed::Complete { header: Header::Local, len: 15 }
         );
         assert!(!looks_like_header(b"hello") && !looks_like_header(b""));
-        assert!(looks_like_header(b"PROX") && looks_like_header(b"PROXY TCP4 1.2"));
+        assert!(!looks_like_header(b"PROX") && !looks_like_header(b"\r\n"));
+        assert!(looks_like_header(b"PROXY TCP4 1.2") && looks_like_header(v2::PROTOCOL_PREFIX));
     }
 
     /// On a real connection: the header is peeked whole, taken off exactly,
@@ -392,12 +388,14 @@ mod tests {
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (served, _) = listener.accept().unwrap();
         served.set_nonblocking(true).unwrap();
-        assert_eq!(peek(&served).unwrap(), Parsed::Incomplete, "nothing sent yet");
+        assert_eq!(peek(&served).unwrap(), None, "nothing sent yet");
         client.write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 7\r\nafter").unwrap();
         let parsed = loop {
             match peek(&served).unwrap() {
-                Parsed::Incomplete => std::thread::sleep(std::time::Duration::from_millis(1)),
-                parsed => break parsed,
+                None | Some(Parsed::Incomplete) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Some(parsed) => break parsed,
             }
         };
         let Parsed::Complete { len, header } = parsed else { panic!("{parsed:?}") };
@@ -410,6 +408,6 @@ mod tests {
         drop(client);
         let served = served;
         served.set_nonblocking(true).unwrap();
-        assert!(matches!(peek(&served).unwrap(), Parsed::Invalid(_)), "closed");
+        assert!(matches!(peek(&served).unwrap(), Some(Parsed::Invalid(_))), "closed");
     }
 }

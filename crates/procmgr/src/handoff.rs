@@ -17,21 +17,38 @@ use crate::ProcError;
 /// The control message of one descriptor, laid out as `CMSG_SPACE(sizeof(int))`
 /// bytes: the header, then the descriptor at `CMSG_DATA` (the header's size is
 /// already a multiple of its alignment on Linux, so no padding sits between).
+/// The space holds two descriptors (`CMSG_SPACE` rounds up to 8 bytes): a
+/// message with two fits whole, so the second must be found and closed.
 #[repr(C)]
 struct FdMessage {
     header: libc::cmsghdr,
-    fd: RawFd,
+    fds: [RawFd; 2],
 }
 
 impl FdMessage {
     /// `CMSG_LEN(sizeof(int))`: what `cmsg_len` says for one descriptor.
-    const LEN: usize = mem::offset_of!(FdMessage, fd) + mem::size_of::<RawFd>();
+    const LEN: usize = mem::offset_of!(FdMessage, fds) + mem::size_of::<RawFd>();
 
     fn empty() -> Self {
         // SAFETY: cmsghdr is plain integers (and, on some C libraries,
         // padding), for which all-zero bytes are a valid value.
         let header: libc::cmsghdr = unsafe { mem::zeroed() };
-        Self { header, fd: -1 }
+        Self { header, fds: [-1, -1] }
+    }
+
+    /// How many descriptors the kernel put in (at most two), given the
+    /// control length it reported.
+    fn count(&self, controllen: impl TryInto<usize>) -> usize {
+        let room = controllen.try_into().unwrap_or(0);
+        let len = as_usize(self.header.cmsg_len);
+        if room < Self::LEN
+            || self.header.cmsg_level != libc::SOL_SOCKET
+            || self.header.cmsg_type != libc::SCM_RIGHTS
+        {
+            return 0;
+        }
+        let data = len.min(room).saturating_sub(mem::offset_of!(FdMessage, fds));
+        (data / mem::size_of::<RawFd>()).min(2)
     }
 }
 
@@ -79,7 +96,7 @@ impl Handoff {
         control.header.cmsg_level = libc::SOL_SOCKET;
         control.header.cmsg_type = libc::SCM_RIGHTS;
         control.header.cmsg_len = FdMessage::LEN as _;
-        control.fd = fd.as_raw_fd();
+        control.fds[0] = fd.as_raw_fd();
         let mut iov =
             libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
         let msg = header(&mut iov, &mut control);
@@ -123,17 +140,16 @@ impl Handoff {
                 return Err(failed("receive", err));
             }
         };
-        // The buffer holds one descriptor: the kernel closes any more a
-        // message carried and says so with MSG_CTRUNC.
-        let passed = (holds_one(msg.msg_controllen)
-            && control.header.cmsg_level == libc::SOL_SOCKET
-            && control.header.cmsg_type == libc::SCM_RIGHTS
-            && holds_one(control.header.cmsg_len))
-        .then(|| owned(control.fd));
+        // Every descriptor the kernel installed is ours now, and closed if
+        // the message is refused: the buffer holds two (any more are closed
+        // by the kernel, which says so with MSG_CTRUNC).
+        let count = control.count(msg.msg_controllen);
+        let mut passed = control.fds[..count].iter().map(|&fd| owned(fd));
+        let (first, second) = (passed.next(), passed.next());
         let truncated = msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
-        match passed {
-            None if received == 0 && !truncated => Ok(None),
-            Some(fd) if !truncated => Ok(Some((fd, received))),
+        match (first, second) {
+            (None, None) if received == 0 && !truncated => Ok(None),
+            (Some(fd), None) if !truncated => Ok(Some((fd, received))),
             _ => {
                 let what = "a message without exactly one descriptor, or too long";
                 Err(failed("receive", io::Error::new(io::ErrorKind::InvalidData, what)))
@@ -154,10 +170,9 @@ fn header(iov: &mut libc::iovec, control: &mut FdMessage) -> libc::msghdr {
     msg
 }
 
-/// Whether a control length (`size_t` or `socklen_t`, by C library) has room
-/// for one descriptor.
-fn holds_one(len: impl TryInto<usize>) -> bool {
-    len.try_into().is_ok_and(|len| len >= FdMessage::LEN)
+/// A control length (`size_t` or `socklen_t`, by C library) as a `usize`.
+fn as_usize(len: impl TryInto<usize>) -> usize {
+    len.try_into().unwrap_or(0)
 }
 
 /// Takes ownership of a descriptor the kernel just gave this process.
@@ -197,6 +212,9 @@ mod tests {
         let space = unsafe { libc::CMSG_SPACE(int) } as usize;
         assert_eq!(FdMessage::LEN, len);
         assert_eq!(mem::size_of::<FdMessage>(), space);
+        // SAFETY: as above.
+        let two = unsafe { libc::CMSG_SPACE(2 * int) } as usize;
+        assert_eq!(mem::size_of::<FdMessage>(), two, "two descriptors fit the same space");
     }
 
     fn kind(err: &ProcError) -> io::ErrorKind {
@@ -238,6 +256,35 @@ mod tests {
         drop(right);
         let err = left.send(std::io::stdin().as_fd(), b"x").unwrap_err();
         assert_eq!(kind(&err), io::ErrorKind::BrokenPipe, "{err:?}");
+    }
+
+    /// A message with two descriptors is refused, and neither stays open
+    /// here (the second lands in the buffer's padding, where the kernel put
+    /// it without a word).
+    #[test]
+    fn a_message_with_two_descriptors_is_refused_and_both_are_closed() {
+        use std::io::Read;
+        let (left, right) = Handoff::pair().unwrap();
+        let (mut first_reader, first_writer) = std::io::pipe().unwrap();
+        let (mut second_reader, second_writer) = std::io::pipe().unwrap();
+        let mut control = FdMessage::empty();
+        control.header.cmsg_level = libc::SOL_SOCKET;
+        control.header.cmsg_type = libc::SCM_RIGHTS;
+        control.header.cmsg_len = (FdMessage::LEN + mem::size_of::<RawFd>()) as _;
+        control.fds = [first_writer.as_raw_fd(), second_writer.as_raw_fd()];
+        let data = [1_u8];
+        let mut iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: 1 };
+        let msg = header(&mut iov, &mut control);
+        // SAFETY: `msg` points at `iov`, `data` and `control`, all alive and
+        // valid for the call; the kernel only reads them.
+        let sent = unsafe { libc::sendmsg(left.fd.as_raw_fd(), &raw const msg, 0) };
+        assert_eq!(sent, 1, "{}", io::Error::last_os_error());
+        drop((first_writer, second_writer));
+        let err = right.recv(&mut [0; 8]).unwrap_err();
+        assert_eq!(kind(&err), io::ErrorKind::InvalidData, "{err:?}");
+        // No copy of either write end is left: both pipes are at end of file.
+        assert_eq!(first_reader.read(&mut [0; 1]).unwrap(), 0);
+        assert_eq!(second_reader.read(&mut [0; 1]).unwrap(), 0);
     }
 
     /// A message without a descriptor, or longer than the buffer, is refused,

@@ -129,8 +129,9 @@ struct Args {
     proxy_protocol: Vec<forkserve::Cidr>,
 
     /// With --proxy-protocol, how long a balancer's connection may take to
-    /// send its whole header before it is refused; 0 waits forever.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_timeout,
+    /// send its whole header before it is refused (at least 0.001; waiting
+    /// forever would let a balancer hold the server's 32 waiting slots).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_deadline,
           requires = "proxy_protocol")]
     proxy_timeout: f64,
 
@@ -202,6 +203,15 @@ fn parse_timeout(text: &str) -> Result<f64, String> {
     match parse_secs(text)? {
         secs if secs == 0.0 || secs >= 0.001 => Ok(secs),
         _ => Err(format!("'{text}' is under a millisecond; 0 means never")),
+    }
+}
+
+/// A number of seconds for a deadline: at least a millisecond, never "no
+/// deadline".
+fn parse_deadline(text: &str) -> Result<f64, String> {
+    match parse_secs(text)? {
+        secs if secs >= 0.001 => Ok(secs),
+        _ => Err(format!("'{text}' is under a millisecond")),
     }
 }
 
@@ -362,10 +372,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         .finish_backlog(args.reuse_port)
         .proxy_protocol(args.proxy_protocol.iter().cloned())
         .datagram_rate(args.udp_rate)
-        .proxy_timeout(match args.proxy_timeout {
-            0.0 => Duration::MAX,
-            secs => Duration::from_secs_f64(secs),
-        })
+        .proxy_timeout(Duration::from_secs_f64(args.proxy_timeout))
         .idle_timeout(idle_timeout)
         .admit(policy(args)?)
         .on_event(move |event| {

@@ -67,6 +67,11 @@ fn first_difference(expected: &[u8], got: &[u8]) -> Option<usize> {
 /// On an I/O error (a timeout means the server hung) or a different echo.
 fn round_trip(stream: &mut TcpStream, message: &[u8], echo: &mut [u8]) -> Result<(), String> {
     stream.write_all(message).map_err(|e| format!("write: {e}"))?;
+    read_echo(stream, message, echo)
+}
+
+/// Reads `message`'s echo into `echo` and checks it byte for byte.
+fn read_echo(stream: &mut TcpStream, message: &[u8], echo: &mut [u8]) -> Result<(), String> {
     let echo = &mut echo[..message.len()];
     stream.read_exact(echo).map_err(|e| format!("reading the echo: {e}"))?;
     match first_difference(message, echo) {
@@ -81,11 +86,23 @@ fn round_trip(stream: &mut TcpStream, message: &[u8], echo: &mut [u8]) -> Result
 ///
 /// # Errors
 /// As [`round_trip`] and [`close_cleanly`].
-fn short_connection(server: SocketAddr, message: &[u8]) -> Result<Duration, String> {
+fn short_connection(server: SocketAddr, message: &[u8], proxy: bool) -> Result<Duration, String> {
     let mut echo = [0; MESSAGE];
     let started = Instant::now();
     let mut stream = connect(server)?;
-    round_trip(&mut stream, message, &mut echo)?;
+    if proxy {
+        // As a balancer would: the client's address (a documentation prefix,
+        // the connection's own port) in the same segment as the payload.
+        let local = stream.local_addr().map_err(|e| format!("local address: {e}"))?;
+        let (ip, port) = (server.ip(), server.port());
+        let header = format!("PROXY TCP4 192.0.2.1 {ip} {} {port}\r\n", local.port());
+        let mut first = header.into_bytes();
+        first.extend_from_slice(message);
+        stream.write_all(&first).map_err(|e| format!("write: {e}"))?;
+        read_echo(&mut stream, message, &mut echo)?;
+    } else {
+        round_trip(&mut stream, message, &mut echo)?;
+    }
     close_cleanly(&mut stream)?;
     Ok(started.elapsed())
 }
@@ -115,6 +132,7 @@ pub(super) fn short_connections(
     limit: Duration,
     max: usize,
     seed: u64,
+    proxy: bool,
 ) -> Result<Timed, String> {
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
@@ -131,7 +149,7 @@ pub(super) fn short_connections(
                             break;
                         }
                         let message = Rng::new(seed, i).bytes(MESSAGE);
-                        match short_connection(server, &message) {
+                        match short_connection(server, &message, proxy) {
                             Ok(latency) => latencies.push(latency),
                             Err(e) => {
                                 stop.store(true, Ordering::Relaxed);
@@ -478,9 +496,9 @@ mod tests {
     fn every_workload_passes_against_a_true_echo() {
         let addr = echo_server(1 + 5 + 1 + 2 + 3);
         let limit = Duration::from_secs(5);
-        let timed = short_connections(addr, 1, limit, 1, 1).unwrap();
+        let timed = short_connections(addr, 1, limit, 1, 1, false).unwrap();
         assert_eq!((timed.count, timed.latencies.len()), (1, 1));
-        let timed = short_connections(addr, 2, limit, 5, 1).unwrap();
+        let timed = short_connections(addr, 2, limit, 5, 1, false).unwrap();
         assert_eq!(timed.count, 5);
         assert_eq!(ping_pong(addr, limit, 50, 1).unwrap().count, 50);
         let pattern = Pattern::new(1);
@@ -503,7 +521,7 @@ mod tests {
             buf[5] ^= 1;
             stream.write_all(&buf).unwrap();
         });
-        let err = short_connections(addr, 1, Duration::from_secs(5), 1, 1).unwrap_err();
+        let err = short_connections(addr, 1, Duration::from_secs(5), 1, 1, false).unwrap_err();
         assert!(err.contains("byte 5") && err.contains("corrupted"), "{err}");
     }
 }

@@ -50,6 +50,9 @@ pub(super) struct Spec {
     /// How many idle children it may keep once every client has left (a
     /// pre-forked pool's spares); 0 for a server that forks per connection.
     pub(super) idle: usize,
+    /// Each short connection starts with a PROXY v1 header, as from a
+    /// balancer.
+    pub(super) proxy: bool,
 }
 
 /// What `echo-server` is always given: loopback port 0 (the port is read
@@ -62,7 +65,7 @@ const OURS_ARGS: &[&str] =
 
 /// `echo-server` in a mode: its column's name and the mode's arguments.
 const fn ours(name: &'static str, args: &'static [&'static str]) -> Spec {
-    Spec { name, program: Program::Ours, args, workloads: Workload::ALL, idle: 0 }
+    Spec { name, program: Program::Ours, args, workloads: Workload::ALL, idle: 0, proxy: false }
 }
 
 /// `echo-server` in pool mode, which keeps up to `idle` children waiting.
@@ -79,12 +82,19 @@ pub(super) const SERVERS: &[Spec] = &[
     // ones do, up to twice the spares until the pool trims them.)
     pooled("ours --prefork 16", &["--prefork", "16"], 16),
     pooled("ours --prefork 16 -c 0", &["--prefork", "16", "--connections-per-child", "0"], 32),
+    // What reading a balancer's PROXY header costs (short connections only).
+    Spec {
+        proxy: true,
+        workloads: &[Workload::Connrate, Workload::Latency],
+        ..ours("ours + PROXY v1", &["--proxy-protocol", "127.0.0.1/32"])
+    },
     Spec {
         name: REFERENCE,
         program: Program::Reference("echo"),
         args: &[],
         workloads: Workload::ALL,
         idle: 0,
+        proxy: false,
     },
     Spec {
         name: "socat",
@@ -95,6 +105,7 @@ pub(super) const SERVERS: &[Spec] = &[
         args: &["-t", "30", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=128", "PIPE"],
         workloads: Workload::ALL,
         idle: 0,
+        proxy: false,
     },
     // Exec mode against what it replaces, tcpserver running the same cat.
     ours("ours -- cat", &["--", "cat"]),
@@ -118,6 +129,7 @@ pub(super) const SERVERS: &[Spec] = &[
         ],
         workloads: Workload::ALL,
         idle: 0,
+        proxy: false,
     },
     Spec {
         name: "no-fork C (limit)",
@@ -125,6 +137,7 @@ pub(super) const SERVERS: &[Spec] = &[
         args: &[],
         workloads: &[Workload::Connrate, Workload::Latency],
         idle: 0,
+        proxy: false,
     },
 ];
 
