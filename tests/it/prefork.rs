@@ -307,3 +307,18 @@ fn a_paused_pool_waits_without_spinning() {
         assert_eq!(&reply, b"burst");
     }
 }
+
+#[test]
+fn after_a_burst_idle_children_beyond_twice_the_spares_are_retired() {
+    let server = server("127.0.0.1", &["--prefork", "1", "--connections-per-child", "0"]);
+    let mut streams: Vec<std::net::TcpStream> = (0..8).map(|_| connect(&server)).collect();
+    for stream in &mut streams {
+        echo(stream, b"burst");
+    }
+    drop(streams);
+    server.wait_for_log(&["child served the connection with status 0"], 8, TIMEOUT).unwrap();
+    // A second after the burst, twice the spares stay; the rest exit, logged.
+    wait_until(TIMEOUT, "the pool trimmed to two", || (server.children().len() <= 2).then_some(()))
+        .unwrap_or_else(|e| panic!("{e}: {} children", server.children().len()));
+    assert!(server.log().iter().any(|line| line.contains("spare child exited with status 0")));
+}

@@ -53,7 +53,7 @@ use serde_json::json;
 
 use load::Pattern;
 use report::{Column, Limit, Metric, Status, Unit, number};
-use servers::{Binaries, REFERENCE, SERVERS, Started};
+use servers::{Binaries, REFERENCE, SERVERS, Spec, Started};
 
 use crate::watchdog::Watchdog;
 use stats::Percentiles;
@@ -135,10 +135,10 @@ struct Scale {
     limit: Duration,
 }
 
-/// The default run: about five minutes on two cores.
+/// The default run: under ten minutes on two cores, build included.
 const FULL: Scale = Scale {
     name: "full",
-    rounds: 5,
+    rounds: 3,
     connrate: Duration::from_secs(2),
     latency: Duration::from_millis(1500),
     pingpong: Duration::from_millis(1500),
@@ -150,7 +150,8 @@ const FULL: Scale = Scale {
     limit: Duration::from_secs(15 * 60),
 };
 
-/// `--quick`: under a minute on two cores, once built.
+/// `--quick`: under two minutes on two cores, once built; our modes and the
+/// C reference only (the servers marked `quick`).
 const QUICK: Scale = Scale {
     name: "quick",
     rounds: 3,
@@ -244,7 +245,10 @@ struct Bench {
     seed: u64,
     /// The target directory (`target/`): builds and reports go there.
     target: Option<PathBuf>,
-    /// One per server of [`SERVERS`], in order.
+    /// The servers of this run: every one of [`SERVERS`], or with
+    /// `--quick` those marked for it.
+    specs: Vec<&'static Spec>,
+    /// One per server of `specs`, in order.
     columns: Vec<Column>,
     limits: Vec<Limit>,
     notes: Vec<String>,
@@ -259,6 +263,7 @@ impl Bench {
             scale,
             seed: now.as_nanos() as u64 ^ u64::from(std::process::id()),
             target: None,
+            specs: SERVERS.iter().filter(|spec| scale.name != QUICK.name || spec.quick).collect(),
             columns: Vec::new(),
             limits: Vec::new(),
             notes: Vec::new(),
@@ -302,7 +307,7 @@ impl Bench {
         for round in 1..=self.scale.rounds {
             eprintln!("bench: round {round}/{}", self.scale.rounds);
             for &workload in Workload::ALL {
-                for (i, spec) in SERVERS.iter().enumerate() {
+                for (i, spec) in self.specs.clone().into_iter().enumerate() {
                     if !spec.workloads.contains(&workload) {
                         continue;
                     }
@@ -342,7 +347,7 @@ impl Bench {
         for (i, server) in running.iter_mut().enumerate() {
             if let Some(status) = server.as_mut().and_then(Started::exited) {
                 let why = format!("exited during the run with {status}");
-                self.fail(format!("{}: {why}", SERVERS[i].name));
+                self.fail(format!("{}: {why}", self.specs[i].name));
                 self.columns[i].status = Status::Failed(why);
             }
         }
@@ -352,12 +357,12 @@ impl Bench {
         Ok(())
     }
 
-    /// Starts every server of [`SERVERS`] that is installed; fills
+    /// Starts every server of this run that is installed; fills
     /// [`Bench::columns`] and returns the running ones (`None` for the others).
     fn start_servers(&mut self, binaries: &Binaries) -> Vec<Option<Started>> {
         let children = self.scale.hold + CHILDREN_MARGIN;
         let mut running = Vec::new();
-        for spec in SERVERS {
+        for spec in self.specs.clone() {
             let mut column = Column {
                 name: spec.name.to_owned(),
                 command: String::new(),

@@ -245,9 +245,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                     self.take(held)?;
                 }
             }
-            if quiet {
-                self.tend_pool(now);
-            }
+            self.tend_pool(now, quiet);
             self.look_at_pending(now, |_| false)?;
             let accepting = self.may_accept();
             let timeout = self.next_deadline(now);
@@ -358,17 +356,19 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         self.pool.as_ref().map_or(self.children.len(), |pool| pool.busy)
     }
 
-    /// Pool upkeep, on a turn of the loop that follows a wait that found
-    /// nothing ready: forks one spare if the pool is short (one per turn, with
-    /// a wait between forks that serves whatever arrived), and retires
+    /// Pool upkeep, once per turn of the loop: on a turn that follows a wait
+    /// that found nothing ready (`quiet`), forks one spare if the pool is
+    /// short (one per turn, with a wait between forks that serves whatever
+    /// arrived); on any turn, retires
     /// the idle members beyond twice the spares once they have been idle for
     /// [`TRIM_AFTER`].
-    fn tend_pool(&mut self, now: Instant) {
+    fn tend_pool(&mut self, now: Instant, quiet: bool) {
         let Some(pool) = &self.pool else { return };
         if self.shutdown.is_some() || self.paused_until.is_some() {
             return;
         }
-        if self.pool_short(pool) && pool.refill_after.is_none_or(|after| now >= after) {
+        let due = pool.refill_after.is_none_or(|after| now >= after);
+        if quiet && due && self.pool_short(pool) {
             if let Err(error) = self.fork_member(None) {
                 self.stats.fork_failures += 1;
                 let (pause, first) = (self.settings.backoff, self.fork_trouble.failed());

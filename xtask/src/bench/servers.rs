@@ -53,6 +53,8 @@ pub(super) struct Spec {
     /// Each short connection starts with a PROXY v1 header, as from a
     /// balancer.
     pub(super) proxy: bool,
+    /// Part of `--quick` runs too.
+    pub(super) quick: bool,
 }
 
 /// What `echo-server` is always given: loopback port 0 (the port is read
@@ -65,7 +67,15 @@ const OURS_ARGS: &[&str] =
 
 /// `echo-server` in a mode: its column's name and the mode's arguments.
 const fn ours(name: &'static str, args: &'static [&'static str]) -> Spec {
-    Spec { name, program: Program::Ours, args, workloads: Workload::ALL, idle: 0, proxy: false }
+    Spec {
+        name,
+        program: Program::Ours,
+        args,
+        workloads: Workload::ALL,
+        idle: 0,
+        proxy: false,
+        quick: true,
+    }
 }
 
 /// `echo-server` in pool mode, which keeps up to `idle` children waiting.
@@ -85,6 +95,7 @@ pub(super) const SERVERS: &[Spec] = &[
     // What reading a balancer's PROXY header costs (short connections only).
     Spec {
         proxy: true,
+        quick: false,
         workloads: &[Workload::Connrate, Workload::Latency],
         ..ours("ours + PROXY v1", &["--proxy-protocol", "127.0.0.1/32"])
     },
@@ -95,6 +106,7 @@ pub(super) const SERVERS: &[Spec] = &[
         workloads: Workload::ALL,
         idle: 0,
         proxy: false,
+        quick: true,
     },
     Spec {
         name: "socat",
@@ -106,9 +118,10 @@ pub(super) const SERVERS: &[Spec] = &[
         workloads: Workload::ALL,
         idle: 0,
         proxy: false,
+        quick: false,
     },
     // Exec mode against what it replaces, tcpserver running the same cat.
-    ours("ours -- cat", &["--", "cat"]),
+    Spec { quick: false, ..ours("ours -- cat", &["--", "cat"]) },
     Spec {
         name: "tcpserver + cat",
         program: Program::Installed("tcpserver"),
@@ -130,6 +143,7 @@ pub(super) const SERVERS: &[Spec] = &[
         workloads: Workload::ALL,
         idle: 0,
         proxy: false,
+        quick: false,
     },
     Spec {
         name: "no-fork C (limit)",
@@ -138,6 +152,7 @@ pub(super) const SERVERS: &[Spec] = &[
         workloads: &[Workload::Connrate, Workload::Latency],
         idle: 0,
         proxy: false,
+        quick: false,
     },
 ];
 
