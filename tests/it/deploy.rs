@@ -130,7 +130,7 @@ fn xinetd_service(written: &str, port: u16, server: &Path, log: &Path) -> String
 
 #[test]
 fn xinetd_runs_the_service_as_written_one_child_per_connection_as_nobody() {
-    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::net::TcpStream;
     if !crate::installed_or_skip("xinetd") {
         return;
     }
@@ -140,28 +140,13 @@ fn xinetd_runs_the_service_as_written_one_child_per_connection_as_nobody() {
     let dir = std::env::temp_dir().join(format!("forkecho-xinetd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (conf_path, log) = (dir.join("xinetd.conf"), dir.join("xinetd.log"));
-    // A free port, then xinetd on it; another one if it was taken meanwhile.
-    let mut started = None;
-    for _ in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let conf = xinetd_service(&written, port, nobody.server.path(), &log);
+    let (manager, addr) = crate::started_on_a_free_port("xinetd", |addr| {
+        let conf = xinetd_service(&written, addr.port(), nobody.server.path(), &log);
         std::fs::write(&conf_path, conf).unwrap();
         let mut command = std::process::Command::new("xinetd");
         command.arg("-dontfork").arg("-f").arg(&conf_path).arg("-pidfile").arg(dir.join("pid"));
-        let mut manager = integration_tests::process::Running::spawn(command).unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let up = integration_tests::wait_until(TIMEOUT, "xinetd listening", || {
-            if TcpStream::connect(addr).is_ok() {
-                return Some(true);
-            }
-            manager.try_status().map(|_| false)
-        });
-        if up == Ok(true) {
-            started = Some((manager, addr));
-            break;
-        }
-    }
-    let (manager, addr) = started.expect("xinetd could not listen on a free port five times");
+        command
+    });
     // The readiness probe above was a connection too: it was served and ended.
     assert_eq!(exchange(addr, b"through xinetd"), b"through xinetd");
     // A held connection: its echo-server, forked by xinetd, runs as nobody.

@@ -111,6 +111,46 @@ fn stop(server: &Server) {
     .unwrap();
 }
 
+/// A program that listens on a port it is told (xinetd, HAProxy), started by
+/// `command(addr)` for a free `addr` of 127.0.0.1 and taken as ready once a
+/// connection there succeeds; retried on another port if the one picked was
+/// taken in between. Returns it and its address.
+fn started_on_a_free_port(
+    name: &str,
+    command: impl Fn(std::net::SocketAddr) -> std::process::Command,
+) -> (integration_tests::process::Running, std::net::SocketAddr) {
+    use std::net::{TcpListener, TcpStream};
+    for _ in 0..5 {
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut running = integration_tests::process::Running::spawn(command(addr)).unwrap();
+        let up = integration_tests::wait_until(TIMEOUT, &format!("{name} listening"), || {
+            if TcpStream::connect(addr).is_ok() {
+                return Some(true);
+            }
+            running.try_status().map(|_| false)
+        });
+        if up == Ok(true) {
+            return (running, addr);
+        }
+    }
+    panic!("{name} could not listen on a free port five times");
+}
+
+/// A third client of a server at its child limit: its handshake completes in
+/// the kernel's backlog, but nothing serves it yet (no echo within 300 ms).
+fn waiting_in_the_backlog(server: &Server) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut third = connect(server);
+    third.write_all(b"three").unwrap();
+    third.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+    let err = third.read(&mut [0; 5]).unwrap_err();
+    let waited =
+        matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
+    assert!(waited, "{err:?}");
+    third.set_read_timeout(Some(TIMEOUT)).unwrap();
+    third
+}
+
 /// Starts a server on `ip` with `args`, panicking with the reason on failure.
 fn server(ip: &str, args: &[&str]) -> Server {
     Server::start(ip, args).unwrap_or_else(|e| panic!("cannot start a server on {ip}: {e}"))

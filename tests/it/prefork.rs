@@ -123,16 +123,8 @@ fn spares_count_against_the_child_limit() {
     echo(&mut second, b"two");
     server.wait_for_log(&["child limit reached"], 1, TIMEOUT).unwrap();
     // The third waits in the backlog, as in fork mode.
-    let mut third = connect(&server);
-    third.write_all(b"three").unwrap();
-    third.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let err = third.read(&mut [0; 5]).unwrap_err();
-    assert!(
-        matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
-        "{err:?}"
-    );
+    let mut third = crate::waiting_in_the_backlog(&server);
     drop(first);
-    third.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut reply = [0; 5];
     third.read_exact(&mut reply).unwrap();
     assert_eq!(&reply, b"three");

@@ -5,11 +5,10 @@
 //! two instances, as `docs/deploy/haproxy.md` configures it.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration_tests::process::Running;
 use integration_tests::{Server, TIMEOUT, binary, wait_until};
 use nix::sys::signal::Signal;
 
@@ -230,30 +229,17 @@ fn haproxy_in_front_of_two_instances_passes_each_clients_address() {
         (0..2).map(|_| server("127.0.0.1", &["--proxy-protocol", "127.0.0.1/32"])).collect();
     let dir = std::env::temp_dir().join(format!("forkecho-haproxy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut started = None;
-    for _ in 0..5 {
-        let front = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let file = dir.join("haproxy.cfg");
+    let (haproxy, front) = crate::started_on_a_free_port("haproxy", |front| {
         let text = config
             .replace("127.0.0.1:7000", &front.to_string())
             .replace("127.0.0.1:7001", &instances[0].addr().to_string())
             .replace("127.0.0.1:7002", &instances[1].addr().to_string());
-        let file = dir.join("haproxy.cfg");
         std::fs::write(&file, text).unwrap();
         let mut command = Command::new("haproxy");
         command.arg("-db").arg("-f").arg(&file);
-        let mut haproxy = Running::spawn(command).unwrap();
-        let up = wait_until(TIMEOUT, "haproxy listening", || {
-            if TcpStream::connect(front).is_ok() {
-                return Some(true);
-            }
-            haproxy.try_status().map(|_| false)
-        });
-        if up == Ok(true) {
-            started = Some((haproxy, front));
-            break;
-        }
-    }
-    let (haproxy, front) = started.expect("haproxy could not listen on a free port five times");
+        command
+    });
     // Clients through HAProxy: each echoed, each logged by an instance under
     // its own address (its port), not HAProxy's.
     let mut ports = Vec::new();
