@@ -29,11 +29,7 @@ pub(crate) fn cpu_ticks(pid: i32) -> u64 {
 #[test]
 fn at_the_child_limit_new_clients_wait_in_the_backlog() {
     let server = server("127.0.0.1", &["--max-children", "2"]);
-    let mut first = connect(&server);
-    let mut second = connect(&server);
-    echo(&mut first, b"one");
-    echo(&mut second, b"two");
-    server.wait_for_log(&["child limit reached"], 1, TIMEOUT).unwrap();
+    let (first, _second) = crate::filling_two_children(&server);
 
     // The third client's handshake completes in the kernel's backlog, but no
     // child serves it while two are alive.

@@ -136,6 +136,16 @@ fn started_on_a_free_port(
     panic!("{name} could not listen on a free port five times");
 }
 
+/// Two clients served by a server whose child limit is 2, once it has logged
+/// reaching the limit.
+fn filling_two_children(server: &Server) -> (std::net::TcpStream, std::net::TcpStream) {
+    let (mut first, mut second) = (connect(server), connect(server));
+    echo(&mut first, b"one");
+    echo(&mut second, b"two");
+    server.wait_for_log(&["child limit reached"], 1, TIMEOUT).unwrap();
+    (first, second)
+}
+
 /// A third client of a server at its child limit: its handshake completes in
 /// the kernel's backlog, but nothing serves it yet (no echo within 300 ms).
 fn waiting_in_the_backlog(server: &Server) -> std::net::TcpStream {

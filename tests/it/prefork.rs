@@ -117,11 +117,7 @@ fn spares_count_against_the_child_limit() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(server.children().len(), 2, "more children than the limit");
 
-    let mut first = connect(&server);
-    let mut second = connect(&server);
-    echo(&mut first, b"one");
-    echo(&mut second, b"two");
-    server.wait_for_log(&["child limit reached"], 1, TIMEOUT).unwrap();
+    let (first, _second) = crate::filling_two_children(&server);
     // The third waits in the backlog, as in fork mode.
     let mut third = crate::waiting_in_the_backlog(&server);
     drop(first);
