@@ -14,29 +14,7 @@ use std::process::Command;
 use integration_tests::process::Running;
 use integration_tests::{TIMEOUT, binary, wait_until};
 
-/// A superserver started by `command(free_addr)` on a free port of
-/// 127.0.0.1, once its log has a line starting with `ready`; retried on
-/// another port if the one picked was taken in between.
-fn superserver(
-    name: &str,
-    ready: &str,
-    command: impl Fn(SocketAddr) -> Command,
-) -> (Running, SocketAddr) {
-    for _ in 0..5 {
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let mut manager = Running::spawn(command(addr)).unwrap();
-        let up = wait_until(TIMEOUT, &format!("{name} listening"), || {
-            if manager.stderr().iter().any(|line| line.starts_with(ready)) {
-                return Some(true);
-            }
-            manager.try_status().map(|_| false)
-        });
-        if up == Ok(true) {
-            return (manager, addr);
-        }
-    }
-    panic!("{name} could not listen on a free port five times");
-}
+use crate::{Ready, started_on_a_free_port};
 
 /// systemd-socket-activate listening on a free port of 127.0.0.1 (or on
 /// `listen`), about to start `echo-server ARGS` on the first connection, and
@@ -47,7 +25,7 @@ pub(crate) fn activate(
     args: &[&str],
 ) -> (Running, SocketAddr) {
     let server = binary("echo-server").unwrap();
-    superserver("systemd-socket-activate", "Listening on ", |addr| {
+    started_on_a_free_port("systemd-socket-activate", Ready::LogLine("Listening on "), |addr| {
         let listen = listen.map_or_else(|| addr.to_string(), str::to_owned);
         let mut command = Command::new("systemd-socket-activate");
         command.args(flags).args(["-l", &listen]).arg(&server).args(args).env_remove("RUST_LOG");
@@ -155,7 +133,8 @@ fn inetd_mode_runs_under_tcpserver() {
         return;
     }
     let server = binary("echo-server").unwrap();
-    let (manager, addr) = superserver("tcpserver", "tcpserver: status: 0/", |addr| {
+    let ready = Ready::LogLine("tcpserver: status: 0/");
+    let (manager, addr) = started_on_a_free_port("tcpserver", ready, |addr| {
         let mut command = Command::new("tcpserver");
         command.args(["-v", "-R", "-H", "-l", "0", "127.0.0.1", &addr.port().to_string()]);
         command.arg(&server).arg("--inetd").env_remove("RUST_LOG");

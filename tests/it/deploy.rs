@@ -140,7 +140,7 @@ fn xinetd_runs_the_service_as_written_one_child_per_connection_as_nobody() {
     let dir = std::env::temp_dir().join(format!("forkecho-xinetd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (conf_path, log) = (dir.join("xinetd.conf"), dir.join("xinetd.log"));
-    let (manager, addr) = crate::started_on_a_free_port("xinetd", |addr| {
+    let (manager, addr) = crate::started_on_a_free_port("xinetd", crate::Ready::Connects, |addr| {
         let conf = xinetd_service(&written, addr.port(), nobody.server.path(), &log);
         std::fs::write(&conf_path, conf).unwrap();
         let mut command = std::process::Command::new("xinetd");

@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 /// A launcher that leaves descriptors 3 to 9 open on /dev/null, without
 /// close-on-exec, then execs the server (`$0`, the argument after the script)
 /// with its arguments.
-const LEAKING_LAUNCHER: [&str; 3] = [
+pub(crate) const LEAKING_LAUNCHER: [&str; 3] = [
     "sh",
     "-c",
     "exec 3</dev/null 4</dev/null 5</dev/null 6</dev/null 7</dev/null 8</dev/null 9</dev/null \
@@ -57,20 +57,13 @@ fn a_child_holds_only_its_standard_streams_and_its_connection() {
 
     let _stream = served(server.addr());
     let child = server.wait_for_children(1, TIMEOUT).unwrap()[0].pid;
-    let fds = procfs::fds(child).unwrap();
-    let numbers: Vec<i32> = fds.iter().map(|&(fd, _)| fd).collect();
-    assert_eq!(numbers[..3], [0, 1, 2], "{fds:?}");
     // Beyond the standard streams: the connection, and the log writer's own
     // non-blocking copy of standard error (the same pipe as descriptor 2).
-    let stderr = &fds[2].1;
-    let sockets = fds.iter().filter(|(fd, to)| *fd > 2 && to.starts_with("socket:[")).count();
-    let others: Vec<_> = fds
-        .iter()
-        .filter(|(fd, to)| *fd > 2 && !to.starts_with("socket:[") && to != stderr)
-        .collect();
+    let (sockets, others) = extra_descriptors(child);
     assert!(
         sockets == 1 && others.is_empty(),
-        "the child must hold its standard streams and its connection only: {fds:?}"
+        "the child must hold its standard streams and its connection only: {:?}",
+        procfs::fds(child)
     );
 }
 
@@ -118,4 +111,17 @@ fn a_child_keeps_the_launchers_ignores_except_sigterm_and_dies_with_its_parent()
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "the connection closed with the child: {rest:?}");
+}
+
+/// A child's descriptors beyond the standard streams and the log writer's
+/// copy of standard error: how many sockets, and anything else.
+pub(crate) fn extra_descriptors(pid: i32) -> (usize, Vec<(i32, String)>) {
+    let fds = procfs::fds(pid).unwrap();
+    let numbers: Vec<i32> = fds.iter().map(|&(fd, _)| fd).collect();
+    assert_eq!(numbers[..3], [0, 1, 2], "{fds:?}");
+    let stderr = fds[2].1.clone();
+    let sockets = fds.iter().filter(|(fd, to)| *fd > 2 && to.starts_with("socket:[")).count();
+    let others =
+        fds.into_iter().filter(|(fd, to)| *fd > 2 && !to.starts_with("socket:[") && *to != stderr);
+    (sockets, others.collect())
 }

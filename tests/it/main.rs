@@ -111,12 +111,23 @@ fn stop(server: &Server) {
     .unwrap();
 }
 
-/// A program that listens on a port it is told (xinetd, HAProxy), started by
-/// `command(addr)` for a free `addr` of 127.0.0.1 and taken as ready once a
-/// connection there succeeds; retried on another port if the one picked was
-/// taken in between. Returns it and its address.
+/// How [`started_on_a_free_port`] tells that a program is listening.
+#[derive(Debug, Clone, Copy)]
+enum Ready<'a> {
+    /// A line of its standard error starts with this.
+    LogLine(&'a str),
+    /// A connection to it succeeds (for programs that log nothing when they
+    /// start, and whose first connection costs nothing).
+    Connects,
+}
+
+/// A program that listens on a port it is told (a superserver, a balancer),
+/// started by `command(addr)` for a free `addr` of 127.0.0.1, once it is
+/// `ready`; retried on another port if the one picked was taken in between.
+/// Returns it and its address.
 fn started_on_a_free_port(
     name: &str,
+    ready: Ready<'_>,
     command: impl Fn(std::net::SocketAddr) -> std::process::Command,
 ) -> (integration_tests::process::Running, std::net::SocketAddr) {
     use std::net::{TcpListener, TcpStream};
@@ -124,7 +135,11 @@ fn started_on_a_free_port(
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let mut running = integration_tests::process::Running::spawn(command(addr)).unwrap();
         let up = integration_tests::wait_until(TIMEOUT, &format!("{name} listening"), || {
-            if TcpStream::connect(addr).is_ok() {
+            let listening = match ready {
+                Ready::LogLine(start) => running.stderr().iter().any(|l| l.starts_with(start)),
+                Ready::Connects => TcpStream::connect(addr).is_ok(),
+            };
+            if listening {
                 return Some(true);
             }
             running.try_status().map(|_| false)

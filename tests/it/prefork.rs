@@ -11,6 +11,7 @@ use integration_tests::{Server, TIMEOUT, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::hygiene::{LEAKING_LAUNCHER, extra_descriptors};
 use crate::{connect, echo, exchange, expect_unserved, server};
 
 /// The pid a log line names (`pid=123`).
@@ -176,28 +177,6 @@ fn a_spare_killed_while_idle_is_reported_and_replaced() {
     let replacement = children(&server, 1)[0];
     assert_ne!(replacement, spare);
     assert_eq!(exchange(server.addr(), b"still served"), b"still served");
-}
-
-/// A launcher that leaves descriptors 3 to 9 open on /dev/null, without
-/// close-on-exec, then execs the server with its arguments.
-const LEAKING_LAUNCHER: [&str; 3] = [
-    "sh",
-    "-c",
-    "exec 3</dev/null 4</dev/null 5</dev/null 6</dev/null 7</dev/null 8</dev/null 9</dev/null \
-     \"$0\" \"$@\"",
-];
-
-/// A pool child's descriptors beyond the standard streams and the log
-/// writer's copy of standard error: how many sockets, and anything else.
-fn extra_descriptors(pid: i32) -> (usize, Vec<(i32, String)>) {
-    let fds = procfs::fds(pid).unwrap();
-    let numbers: Vec<i32> = fds.iter().map(|&(fd, _)| fd).collect();
-    assert_eq!(numbers[..3], [0, 1, 2], "{fds:?}");
-    let stderr = fds[2].1.clone();
-    let sockets = fds.iter().filter(|(fd, to)| *fd > 2 && to.starts_with("socket:[")).count();
-    let others =
-        fds.into_iter().filter(|(fd, to)| *fd > 2 && !to.starts_with("socket:[") && *to != stderr);
-    (sockets, others.collect())
 }
 
 #[test]

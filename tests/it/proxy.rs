@@ -102,22 +102,12 @@ fn the_clients_address_drives_the_limits_and_the_access_rules() {
     let server = server("127.0.0.1", &args);
     let addr = server.addr();
     // Denied by its real address, though the balancer is allowed.
-    let mut denied = TcpStream::connect(addr).unwrap();
-    denied.set_read_timeout(Some(TIMEOUT)).unwrap();
-    denied.write_all(&v1("192.0.2.66:1", addr)).unwrap();
-    let mut back = Vec::new();
-    let _ = denied.read_to_end(&mut back);
-    assert!(back.is_empty(), "{back:?}");
+    expect_unserved(addr, &v1("192.0.2.66:1", addr));
     server.wait_for_log(&["refused a connection", "peer=192.0.2.66:1"], 1, TIMEOUT).unwrap();
     // One connection per client address: the same client twice is refused,
     // another client through the same balancer is not.
     let _first = held(addr, "192.0.2.7:1000");
-    let mut again = TcpStream::connect(addr).unwrap();
-    again.set_read_timeout(Some(TIMEOUT)).unwrap();
-    again.write_all(&v1("192.0.2.7:1001", addr)).unwrap();
-    let mut back = Vec::new();
-    let _ = again.read_to_end(&mut back);
-    assert!(back.is_empty(), "{back:?}");
+    expect_unserved(addr, &v1("192.0.2.7:1001", addr));
     let _other = held(addr, "192.0.2.8:1000");
     // (One refusal line a second: the counters have them all.)
     server.signal(Signal::SIGUSR1).unwrap();
@@ -230,16 +220,17 @@ fn haproxy_in_front_of_two_instances_passes_each_clients_address() {
     let dir = std::env::temp_dir().join(format!("forkecho-haproxy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("haproxy.cfg");
-    let (haproxy, front) = crate::started_on_a_free_port("haproxy", |front| {
-        let text = config
-            .replace("127.0.0.1:7000", &front.to_string())
-            .replace("127.0.0.1:7001", &instances[0].addr().to_string())
-            .replace("127.0.0.1:7002", &instances[1].addr().to_string());
-        std::fs::write(&file, text).unwrap();
-        let mut command = Command::new("haproxy");
-        command.arg("-db").arg("-f").arg(&file);
-        command
-    });
+    let (haproxy, front) =
+        crate::started_on_a_free_port("haproxy", crate::Ready::Connects, |front| {
+            let text = config
+                .replace("127.0.0.1:7000", &front.to_string())
+                .replace("127.0.0.1:7001", &instances[0].addr().to_string())
+                .replace("127.0.0.1:7002", &instances[1].addr().to_string());
+            std::fs::write(&file, text).unwrap();
+            let mut command = Command::new("haproxy");
+            command.arg("-db").arg("-f").arg(&file);
+            command
+        });
     // Clients through HAProxy: each echoed, each logged by an instance under
     // its own address (its port), not HAProxy's.
     let mut ports = Vec::new();

@@ -116,10 +116,14 @@ fn generate(kind: manual::Generate) -> ExitCode {
 
 fn main() -> ExitCode {
     // `--generate` stands alone, without the HOST and PORT every other use
-    // requires: looked for before the real parse.
-    let early = <Args as clap::CommandFactory>::command().ignore_errors(true).get_matches();
-    if let Some(&kind) = early.get_one::<manual::Generate>("generate") {
-        return generate(kind);
+    // requires: when it is there, a lenient parse finds it first.
+    let asked =
+        std::env::args_os().skip(1).any(|arg| arg.to_string_lossy().starts_with("--generate"));
+    if asked {
+        let early = <Args as clap::CommandFactory>::command().ignore_errors(true).get_matches();
+        if let Some(&kind) = early.get_one::<manual::Generate>("generate") {
+            return generate(kind);
+        }
     }
     let args = Args::parse();
     init_tracing(match (args.quiet, args.verbose) {

@@ -279,7 +279,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             // each freed slot takes two passes, one to reap, one to accept).
             let (count, first) = (self.listeners.len(), self.first_listener);
             for index in (0..count).map(|i| (first + i) % count) {
-                if ready.is_ready(index) && self.accept_batch(index)? {
+                if ready.is_ready(index) && self.accept_batch(index)? > 0 {
                     self.first_listener = (index + 1) % count;
                 }
             }
@@ -401,29 +401,24 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     }
 
     /// Forks a pool member, idle until a connection is handed to it.
-    /// `pending` is a connection the parent holds open right now (the one a
-    /// member is forked for): the member must not keep a copy of it, or its
-    /// client would never see the connection close.
-    fn fork_member(&mut self, pending: Option<BorrowedFd<'_>>) -> Result<ChildPid, ProcError> {
+    /// `connection` is the one it is forked for, if any, which the parent
+    /// holds open right now.
+    fn fork_member(&mut self, connection: Option<BorrowedFd<'_>>) -> Result<ChildPid, ProcError> {
         let Some(pool) = &self.pool else {
             unreachable!("fork_member outside pool mode");
         };
         let (ours, theirs) = Handoff::pair()?;
-        let held = self.held.as_ref().map(|held| held.stream.as_fd());
-        let waiting = &self.pending;
+        let (pending, held) = (&self.pending, self.held.as_ref());
         let (listeners, children, child, work) =
             (&mut self.listeners, &self.children, &self.child, &mut self.work);
         let pid = procmgr::fork_child(|| {
-            // In the child: the listeners, the other members' channels, this
-            // member's parent end, the parent's end of the reports and any
-            // connection the parent holds are the parent's business. Closed
-            // without writing to the parent's memory, so no page of it is
-            // copied.
-            listeners.clear();
+            // In the child: besides what every child closes, the other
+            // members' channels, this member's parent end and the parent's
+            // end of the reports are the parent's business.
             let others = children.iter().filter_map(|(_, job)| job.channel());
-            let parents = [Some(ours.as_fd()), Some(pool.reports_fd()), pending, held];
-            let waiting = waiting.iter().map(|p| p.stream.as_fd());
-            procmgr::close_in_child(others.chain(parents.into_iter().flatten()).chain(waiting));
+            let pool_ends = [ours.as_fd(), pool.reports_fd()];
+            let parents = connection.into_iter().chain(pool_ends).chain(others);
+            close_the_parents(listeners, pending, held, parents);
             pool::member(&theirs, pool, child, work)
         })?;
         drop(theirs);
@@ -605,15 +600,13 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     /// waits in their backlogs, as far as the child limit allows (a held
     /// connection, or a full house, ends it).
     fn finish_backlog(&mut self) -> Result<(), ServeError> {
-        let mut finished = 0_usize;
+        let mut finished = 0;
         for index in 0..self.listeners.len() {
             while self.may_accept() {
-                let before = self.stats.accepted + self.stats.refused_total();
-                if !self.accept_batch(index)? {
-                    break;
+                match self.accept_batch(index)? {
+                    0 => break,
+                    taken => finished += taken,
                 }
-                let after = self.stats.accepted + self.stats.refused_total();
-                finished += usize::try_from(after - before).unwrap_or(usize::MAX);
             }
         }
         if finished > 0 {
@@ -628,9 +621,8 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         let Some(pool) = &mut self.pool else { return };
         pool.idle.clear();
         pool.trim_at = None;
-        let pids: Vec<ChildPid> = self.children.pids().collect();
-        for pid in pids {
-            if let Some(Job::Member(member)) = self.children.get_mut(pid) {
+        for (_, job) in self.children.iter_mut() {
+            if let Job::Member(member) = job {
                 member.channel = None;
             }
         }
@@ -676,10 +668,10 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         signalled.sent
     }
 
-    /// Accepts what is queued on one listener, up to a batch; true if it
-    /// accepted at least one connection.
-    fn accept_batch(&mut self, index: usize) -> Result<bool, ServeError> {
-        let mut accepted = false;
+    /// Accepts what is queued on one listener, up to a batch; returns
+    /// how many connections it accepted.
+    fn accept_batch(&mut self, index: usize) -> Result<usize, ServeError> {
+        let mut accepted = 0;
         for _ in 0..ACCEPT_BATCH {
             if !self.may_accept() {
                 return Ok(accepted);
@@ -691,7 +683,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                     if let Some(failures) = self.accept_trouble.recovered() {
                         self.report(&Event::AcceptResumed { failures });
                     }
-                    accepted = true;
+                    accepted += 1;
                     self.arrived(stream, peer, local)?;
                 }
                 Err(error) => match error.recovery() {
@@ -902,15 +894,11 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         let Held { stream, peer, listener, admitted } = held;
         let mut stream = Some(stream);
         let (listeners, child, work) = (&mut self.listeners, &self.child, &mut self.work);
-        let (pending, held) = (&self.pending, &self.held);
+        let (pending, held) = (&self.pending, self.held.as_ref());
         let forked = procmgr::fork_child(|| {
-            // In the child, on its own copy of memory: the listening sockets
-            // and the connections the parent still holds (waiting for a PROXY
-            // header, or held back) are the parent's business, so close them
-            // first; then serve.
-            listeners.clear();
-            let waiting = pending.iter().map(|p| p.stream.as_fd());
-            procmgr::close_in_child(waiting.chain(held.iter().map(|h| h.stream.as_fd())));
+            // In the child, on its own copy of memory: the parent's sockets
+            // are the parent's business, so close them first; then serve.
+            close_the_parents(listeners, pending, held, std::iter::empty());
             let Some(stream) = stream.take() else { return crate::SETUP_FAILED };
             child.run(stream, peer, listener, work)
         });
@@ -1030,6 +1018,25 @@ impl<W> Drop for Supervisor<W> {
         let left: Vec<String> = self.children.pids().map(|pid| pid.to_string()).collect();
         tracing::warn!(pids = %left.join(" "), "children outlived SIGKILL; giving up on them");
     }
+}
+
+/// In a new child, whatever its kind: closes the parent's listeners, the
+/// connections the parent holds (balancers' connections waiting for their
+/// header, one held back) and `more` of the parent's descriptors. A child
+/// that kept one of those connections would keep it open after the parent is
+/// done with it: its client would never see it close. Closed without
+/// writing to the parent's memory (but for the listeners' vector), so no
+/// page of it is copied.
+fn close_the_parents<'fd>(
+    listeners: &mut Vec<Listener>,
+    pending: &'fd [Pending],
+    held: Option<&'fd Held>,
+    more: impl IntoIterator<Item = BorrowedFd<'fd>>,
+) {
+    listeners.clear();
+    let waiting = pending.iter().map(|p| p.stream.as_fd());
+    let held = held.map(|h| h.stream.as_fd());
+    procmgr::close_in_child(waiting.chain(held).chain(more));
 }
 
 /// Whether a failed fork (or a member's channel) is worth another try: out of

@@ -224,6 +224,11 @@ impl<T> Children<T> {
         self.live.iter().map(|(&pid, info)| (pid, info))
     }
 
+    /// The live children and their data, to change it, in no particular order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ChildPid, &mut T)> + '_ {
+        self.live.iter_mut().map(|(&pid, info)| (pid, info))
+    }
+
     /// The live children's pids, in no particular order.
     pub fn pids(&self) -> impl Iterator<Item = ChildPid> + '_ {
         self.live.keys().copied()
