@@ -31,10 +31,14 @@ pub use printable::Printable;
 /// filled the first, small buffer): large enough for bulk throughput.
 pub const BUFFER_SIZE: usize = 64 * 1024;
 
-/// The stack buffer an exchange starts with, until a read fills it: one page,
-/// so a process-per-connection child serving small requests stays light (a
+/// The stack buffer an exchange starts with, until a read fills it: a
+/// process-per-connection child serving small requests stays light (a
 /// 64 KiB buffer, zeroed, would be 16 pages of private memory per child).
-const SMALL_BUFFER_SIZE: usize = 4 * 1024;
+/// 1 KiB rather than a page: the child's stack then usually stays within the
+/// pages its fork already wrote (one private page less per held child, in
+/// PERFORMANCE.md), and an exchange that fills it moves to the large buffer
+/// after one read.
+const SMALL_BUFFER_SIZE: usize = 1024;
 
 /// How many bytes an exchange read and wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -128,7 +132,7 @@ pub fn relay<R: Read, W: Write>(reader: R, writer: W) -> Result<Totals, EchoErro
 }
 
 fn copy<R: Read, W: Write>(mut reader: R, mut writer: W, log: bool) -> Result<Totals, EchoError> {
-    // A small buffer on the stack first: a request/response exchange never
+    // A small buffer on the stack first: a request/response exchange rarely
     // needs more, and a process-per-connection child stays a few pages. The
     // first read that fills it moves the copy to a full-size buffer.
     let mut small = [0; SMALL_BUFFER_SIZE];

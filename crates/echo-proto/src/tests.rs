@@ -308,7 +308,7 @@ impl Read for Offered {
 #[test]
 fn small_exchanges_use_a_small_buffer_and_bulk_a_large_one() {
     // Request/response sized reads never get the large buffer.
-    let mut small = Offered { pieces: [64, 4095, 1].into(), offered: Vec::new() };
+    let mut small = Offered { pieces: [64, 1023, 1].into(), offered: Vec::new() };
     echo(&mut small, io::sink()).unwrap();
     assert!(small.offered.iter().all(|&len| len < BUFFER_SIZE), "{:?}", small.offered);
     // A read that fills the small buffer: bulk, so every later read may fill

@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixDatagram;
 use std::time::Instant;
 
-use procmgr::{ChildPid, Handoff};
+use procmgr::{ChildPid, CloseList, Handoff};
 use tracing::warn;
 
 use crate::child::ChildSetup;
@@ -85,6 +85,10 @@ pub(crate) struct Pool {
     /// More members than twice the spares are idle: the extra ones are
     /// retired then, unless they got work meanwhile.
     pub(crate) trim_at: Option<Instant>,
+    /// The other members' channels, for the next member forked to close:
+    /// listed in the parent just before that fork (the child finds the
+    /// registry empty), in a list whose memory is kept.
+    pub(crate) siblings: CloseList,
 }
 
 /// One member's report: its pid and the connection's exit code.
@@ -110,6 +114,7 @@ impl Pool {
             busy: 0,
             refill_after: None,
             trim_at: None,
+            siblings: CloseList::new(),
         })
     }
 

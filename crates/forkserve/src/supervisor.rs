@@ -404,20 +404,26 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     /// `connection` is the one it is forked for, if any, which the parent
     /// holds open right now.
     fn fork_member(&mut self, connection: Option<BorrowedFd<'_>>) -> Result<ChildPid, ProcError> {
-        let Some(pool) = &self.pool else {
+        let Some(pool) = &mut self.pool else {
             unreachable!("fork_member outside pool mode");
         };
+        // The other members' channels, listed here in the parent: a forked
+        // child finds the registry empty.
+        pool.siblings.clear();
+        for channel in self.children.iter().filter_map(|(_, job)| job.channel()) {
+            pool.siblings.add(channel);
+        }
+        let pool = &*pool;
         let (ours, theirs) = Handoff::pair()?;
         let (pending, held) = (&self.pending, self.held.as_ref());
-        let (listeners, children, child, work) =
-            (&mut self.listeners, &self.children, &self.child, &mut self.work);
+        let (listeners, child, work) = (&mut self.listeners, &self.child, &mut self.work);
         let pid = procmgr::fork_child(|| {
             // In the child: besides what every child closes, the other
             // members' channels, this member's parent end and the parent's
             // end of the reports are the parent's business.
-            let others = children.iter().filter_map(|(_, job)| job.channel());
+            pool.siblings.close();
             let pool_ends = [ours.as_fd(), pool.reports_fd()];
-            let parents = connection.into_iter().chain(pool_ends).chain(others);
+            let parents = connection.into_iter().chain(pool_ends);
             close_the_parents(listeners, pending, held, parents);
             pool::member(&theirs, pool, child, work)
         })?;

@@ -13,6 +13,7 @@ use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::ForkResult;
 
 use crate::error::os;
+use crate::pages::ParentPages;
 use crate::{ChildPid, ProcError, Signal};
 
 /// The two sides of a successful [`fork`], told apart by type.
@@ -160,11 +161,25 @@ pub(crate) fn set_disposition(signo: i32, handler: libc::sighandler_t) -> io::Re
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-/// `/proc/self/status`, opened once per process and read again with `pread`:
-/// the thread check runs before every fork, and must not need a free
-/// descriptor (a server that has just accepted with its last descriptor must
-/// still fork). The pid says whose it is; a forked child opens its own.
-static STATUS: Mutex<Option<(u32, File)>> = Mutex::new(None);
+/// `/proc/self/status`, opened once per process and read again with `pread`
+/// into pages of its own: the thread check runs before every fork, and must
+/// not need a free descriptor (a server that has just accepted with its last
+/// descriptor must still fork). The pid says whose it is; a forked child
+/// opens its own.
+static STATUS: Mutex<Option<CachedStatus>> = Mutex::new(None);
+
+/// The open file and the pages it is read into.
+struct CachedStatus {
+    /// Whose `/proc/self/status` this is.
+    owner: u32,
+    file: File,
+    /// Where the text is read: pages a forked child gets zero-filled instead
+    /// of sharing, so the read before each fork writes no page that a child
+    /// still holds (read on the stack, it cost every child a private page).
+    /// `None` if they could not be mapped; the text is then read on the
+    /// stack.
+    pages: Option<ParentPages>,
+}
 
 /// Drops the cached `/proc/self/status` descriptor without closing it, for
 /// [`close_other_fds`](crate::close_other_fds), which closes it (its number
@@ -173,8 +188,9 @@ static STATUS: Mutex<Option<(u32, File)>> = Mutex::new(None);
 /// forever, and the cache is then left alone.
 pub(crate) fn forget_cached_status() {
     if let Ok(mut cached) = STATUS.try_lock() {
-        if let Some((_, file)) = cached.take() {
-            std::mem::forget(file);
+        if let Some(cached) = cached.take() {
+            std::mem::forget(cached.file);
+            drop(cached.pages);
         }
     }
 }
@@ -210,32 +226,52 @@ pub(crate) struct Status {
     pub(crate) caught: Option<u64>,
 }
 
+/// Bytes of `/proc/self/status` read in one `pread`: about 1.5 KB is usual; a
+/// process in hundreds of groups has a longer `Groups:` line, before
+/// `Threads:`, and is read whole.
+const STATUS_READ: usize = 8192;
+
 /// Reads [`Status`] from the cached `/proc/self/status`.
 pub(crate) fn status() -> Result<Status, ProcError> {
     let failed = |source| ProcError::ThreadCount { source };
     let mut cached = STATUS.lock().unwrap_or_else(PoisonError::into_inner);
     let pid = std::process::id();
-    let file = match &*cached {
-        Some((owner, file)) if *owner == pid => file,
-        _ => &cached.insert((pid, File::open("/proc/self/status").map_err(failed)?)).1,
+    let cached = match &mut *cached {
+        Some(cached) if cached.owner == pid => cached,
+        slot => slot.insert(CachedStatus {
+            owner: pid,
+            file: File::open("/proc/self/status").map_err(failed)?,
+            pages: ParentPages::new(STATUS_READ).ok(),
+        }),
     };
-    // About 1.5 KB, read on the stack (no heap page written per fork); a
-    // process in hundreds of groups has a longer `Groups:` line, before
-    // `Threads:`, and is read whole.
-    let mut buf = [0; 8192];
-    let len = file.read_at(&mut buf, 0).map_err(failed)?;
-    let parsed = if len < buf.len() {
-        parse_status(&buf[..len])
-    } else {
-        let mut whole = Vec::new();
-        let mut reader = file;
-        io::Seek::seek(&mut reader, io::SeekFrom::Start(0)).map_err(failed)?;
-        io::Read::read_to_end(&mut reader, &mut whole).map_err(failed)?;
-        parse_status(&whole)
+    let parsed = match &mut cached.pages {
+        Some(pages) => read_status(&cached.file, pages.as_mut_slice()),
+        None => read_status_on_stack(&cached.file),
     };
-    parsed.ok_or_else(|| {
+    parsed.map_err(failed)?.ok_or_else(|| {
         failed(io::Error::new(io::ErrorKind::InvalidData, "no Threads: line in /proc/self/status"))
     })
+}
+
+/// Reads and parses the status text through `buf`, or whole into a vector
+/// if it does not fit.
+fn read_status(file: &File, buf: &mut [u8]) -> io::Result<Option<Status>> {
+    let len = file.read_at(buf, 0)?;
+    if len < buf.len() {
+        return Ok(parse_status(&buf[..len]));
+    }
+    let mut whole = Vec::new();
+    let mut reader = file;
+    io::Seek::seek(&mut reader, io::SeekFrom::Start(0))?;
+    io::Read::read_to_end(&mut reader, &mut whole)?;
+    Ok(parse_status(&whole))
+}
+
+/// [`read_status`] through a buffer on the stack, where the pages could not
+/// be mapped; a function of its own, so the usual path's frame stays small.
+#[inline(never)]
+fn read_status_on_stack(file: &File) -> io::Result<Option<Status>> {
+    read_status(file, &mut [0; STATUS_READ])
 }
 
 /// Finds `Threads:` (decimal) and `SigCgt:` (hexadecimal) in the text of

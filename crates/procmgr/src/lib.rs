@@ -60,8 +60,10 @@ mod error;
 mod fds;
 mod fork;
 mod handoff;
+mod pages;
 mod reap;
 mod signal;
+mod table;
 
 pub use creds::{Credentials, drop_privileges};
 pub use error::ProcError;

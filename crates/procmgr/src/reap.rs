@@ -1,7 +1,6 @@
 //! Reaping: `waitpid(2)` decoded into [`ChildExit`], and the [`Children`]
 //! registry that knows which live children are ours and what they are for.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use nix::errno::Errno;
@@ -9,6 +8,7 @@ use nix::libc;
 use nix::unistd::Pid;
 
 use crate::error::os;
+use crate::table::PidTable;
 use crate::{ProcError, Signal, kill};
 
 /// The pid of a child process.
@@ -172,14 +172,23 @@ pub struct Reaped<T> {
 /// Register a child right after forking it and reap only through the registry,
 /// so the two never disagree; the registry reaps with `waitpid(-1)`, so it
 /// assumes every child of the process is its business.
+///
+/// A forked child finds its copy of the registry empty: it has no children
+/// of its own, and cannot signal or reap its parent's by mistake. (The
+/// entries live in pages the kernel gives a child zero-filled,
+/// `MADV_WIPEONFORK`: registering the child just forked then writes no page
+/// that child still shares, which would cost it a private copy, and every
+/// held connection one page more. On kernels before 4.14 a child sees a
+/// copy, as of any other memory.) Values are not dropped in the child: they
+/// are the parent's.
 #[derive(Debug)]
 pub struct Children<T> {
-    live: HashMap<ChildPid, T>,
+    live: PidTable<T>,
 }
 
 impl<T> Default for Children<T> {
     fn default() -> Self {
-        Self { live: HashMap::new() }
+        Self { live: PidTable::new() }
     }
 }
 
@@ -204,34 +213,34 @@ impl<T> Children<T> {
     /// No registered child is alive.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
+        self.live.len() == 0
     }
 
     /// The data registered for a live child.
     #[must_use]
     pub fn get(&self, pid: ChildPid) -> Option<&T> {
-        self.live.get(&pid)
+        self.live.get(pid)
     }
 
     /// The data registered for a live child, to change it.
     #[must_use]
     pub fn get_mut(&mut self, pid: ChildPid) -> Option<&mut T> {
-        self.live.get_mut(&pid)
+        self.live.get_mut(pid)
     }
 
     /// The live children and their data, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (ChildPid, &T)> + '_ {
-        self.live.iter().map(|(&pid, info)| (pid, info))
+        self.live.iter()
     }
 
     /// The live children and their data, to change it, in no particular order.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (ChildPid, &mut T)> + '_ {
-        self.live.iter_mut().map(|(&pid, info)| (pid, info))
+        self.live.iter_mut()
     }
 
     /// The live children's pids, in no particular order.
     pub fn pids(&self) -> impl Iterator<Item = ChildPid> + '_ {
-        self.live.keys().copied()
+        self.live.iter().map(|(pid, _)| pid)
     }
 
     /// Reaps one ended child, if any, and removes it from the registry.
@@ -250,12 +259,12 @@ impl<T> Children<T> {
                 (pid, ChildExit::from_wait_status(status).unwrap_or(ChildExit::Unknown))
             }
             Wait::NoChildren => {
-                let Some(&pid) = self.live.keys().next() else { return Ok(None) };
+                let Some(pid) = self.pids().next() else { return Ok(None) };
                 tracing::warn!(pid = pid.as_raw(), "a registered child was reaped elsewhere");
                 (pid, ChildExit::Unknown)
             }
         };
-        let info = self.live.remove(&pid);
+        let info = self.live.remove(pid);
         if info.is_none() {
             tracing::debug!(pid = pid.as_raw(), %exit, "reaped a child that was not registered");
         }

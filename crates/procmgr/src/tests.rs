@@ -424,3 +424,92 @@ fn wait_ready_reports_by_index_and_refuses_too_many() {
     assert!(err.to_string().contains("cannot wait"), "{err}");
     assert!(format!("{:?}", err).contains("at most 64"), "{err:?}");
 }
+
+/// A small deterministic generator for the table's model test.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn the_pid_table_behaves_as_a_map() {
+    use std::collections::HashMap;
+    use std::rc::Rc;
+
+    // Values count their drops: each must be dropped exactly once, whether
+    // replaced, removed, moved by a growth or left in the table at its end.
+    let token = Rc::new(());
+    let mut table = crate::table::PidTable::new();
+    let mut model: HashMap<ChildPid, u64> = HashMap::new();
+    let mut state = 0x2545_f491_4f6c_dd1d;
+    for step in 0..20_000 {
+        // Few distinct pids (hits and misses both common), some clustered.
+        let raw = 1 + (xorshift(&mut state) % 700) as i32;
+        let pid = ChildPid::from_raw(if step % 3 == 0 { raw * 4096 } else { raw }).unwrap();
+        match xorshift(&mut state) % 5 {
+            0 | 1 => {
+                let old = table.insert(pid, (step, Rc::clone(&token)));
+                assert_eq!(old.map(|(v, _)| v), model.insert(pid, step), "insert {pid}");
+            }
+            2 | 3 => {
+                assert_eq!(table.remove(pid).map(|(v, _)| v), model.remove(&pid), "remove {pid}");
+            }
+            _ => {
+                if let Some((value, _)) = table.get_mut(pid) {
+                    *value += 1;
+                    *model.get_mut(&pid).unwrap() += 1;
+                }
+                assert_eq!(table.get(pid).map(|(v, _)| *v), model.get(&pid).copied());
+            }
+        }
+        assert_eq!(table.len(), model.len());
+        if step % 997 == 0 {
+            let mut listed: Vec<_> = table.iter().map(|(pid, (v, _))| (pid, *v)).collect();
+            let mut expected: Vec<_> = model.iter().map(|(&pid, &v)| (pid, v)).collect();
+            listed.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(listed, expected, "step {step}");
+        }
+    }
+    assert_eq!(Rc::strong_count(&token), 1 + model.len());
+    for (_, (value, _)) in table.iter_mut() {
+        *value = 0;
+    }
+    assert!(table.iter().all(|(_, (v, _))| *v == 0));
+    drop(table);
+    assert_eq!(Rc::strong_count(&token), 1, "every value dropped once");
+}
+
+#[test]
+fn a_forked_child_finds_the_registry_empty() {
+    let _guard = lock();
+    let mut children = Children::new();
+    children.insert(spawn_pausing(), "pausing");
+    let mut scratch = crate::pages::ParentPages::new(8192).unwrap();
+    scratch.as_mut_slice().fill(0xaa);
+    // The child exits with what it sees: how many children the registry
+    // lists, and whether the parent's pages read as zeros.
+    let (registry, pages) = (&children, &scratch);
+    let child = move || {
+        // SAFETY: only reads bytes of the parent's mapping, which the child
+        // has too (zero-filled or copied).
+        let page = unsafe { std::slice::from_raw_parts(pages.as_ptr(), 8192) };
+        let zeroed = page.iter().all(|&b| b == 0);
+        i32::try_from(registry.len()).unwrap_or(99) * 2 + i32::from(!zeroed)
+    };
+    // SAFETY: the child only reads memory (the registry's count and the
+    // pages) and returns an integer; nothing allocates or locks.
+    let pid = unsafe { crate::fork_child_unchecked(child) }.unwrap();
+    let mut reaper = Children::<()>::new();
+    assert_eq!(reap_until(&mut reaper, pid).exit, ChildExit::Exited(0), "registry 0, pages 0");
+    // The parent's own view is untouched.
+    assert_eq!(children.len(), 1);
+    assert!(scratch.as_mut_slice().iter().all(|&b| b == 0xaa));
+    for pid in children.pids() {
+        crate::kill(pid, Signal::KILL).unwrap();
+    }
+    let pausing = children.pids().next().unwrap();
+    assert_eq!(reap_until(&mut children, pausing).info, Some("pausing"));
+}

@@ -19,41 +19,81 @@ pub(crate) const IDLE: i32 = 2;
 /// same as the library's own set-up failures.
 pub(crate) const INTERNAL_ERROR: i32 = forkserve::SETUP_FAILED;
 
-/// Echoes one connection in a child process and returns the exit code.
-pub(crate) fn serve(conn: Connection, idle_timeout: Option<Duration>) -> i32 {
-    let stream = conn.stream;
-    // Echo is request/response: do not hold back small replies (Nagle).
-    if let Err(err) = stream.set_nodelay(true) {
-        warn!("cannot set up the child: cannot set TCP_NODELAY: {err}");
-        return INTERNAL_ERROR;
+/// How each child echoes and reports its connection, fixed in the parent
+/// before the first fork.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Echo {
+    /// SO_RCVTIMEO and SO_SNDTIMEO (already set by the library), named in
+    /// the log line of a connection that went idle.
+    idle_timeout: Option<Duration>,
+    /// Whether the log filter takes this module's `info` lines. Asked once
+    /// here, in the parent: a callsite that a child meets first is
+    /// registered with the subscriber in that child, in every child again,
+    /// which writes shared pages and runs code no connection needs when the
+    /// line is filtered out anyway (`-q`). See PERFORMANCE.md.
+    report: bool,
+}
+
+impl Echo {
+    /// Reads the log filter; call it in the parent, before serving.
+    pub(crate) fn new(idle_timeout: Option<Duration>) -> Self {
+        Self { idle_timeout, report: tracing::enabled!(tracing::Level::INFO) }
     }
-    debug!("serving");
-    let started = Instant::now();
-    let result = echo_proto::echo(&stream, &stream);
-    // Milliseconds, to the microsecond: a number in JSON logs.
-    let duration_ms = started.elapsed().as_micros() as f64 / 1000.0;
-    match result {
-        Ok(totals) => {
-            let (received, sent) = (totals.received, totals.sent);
-            info!(received, sent, duration_ms, "peer closed the connection");
-            CLEAN
+
+    /// Echoes one connection in a child process and returns the exit code.
+    pub(crate) fn serve(self, conn: Connection) -> i32 {
+        let stream = conn.stream;
+        // Echo is request/response: do not hold back small replies (Nagle).
+        if let Err(err) = stream.set_nodelay(true) {
+            warn!("cannot set up the child: cannot set TCP_NODELAY: {err}");
+            return INTERNAL_ERROR;
         }
-        Err(err) => {
-            let totals = err.totals();
-            let (received, sent) = (totals.received, totals.sent);
-            // SO_RCVTIMEO and SO_SNDTIMEO expire as EAGAIN.
-            if err.io_error().is_some_and(|e| e.kind() == ErrorKind::WouldBlock) {
-                let secs = idle_timeout.unwrap_or_default().as_secs_f64();
-                // A client can cause this at will: not a warning.
-                info!(
-                    received,
-                    sent, duration_ms, "peer idle for {secs} s; closing the connection"
-                );
-                return IDLE;
+        debug!("serving");
+        let started = self.report.then(Instant::now);
+        let result = echo_proto::echo(&stream, &stream);
+        // Close before logging: the client has its end of file without
+        // waiting for the line to be formatted and written.
+        drop(stream);
+        let code = match &result {
+            Ok(_) => CLEAN,
+            Err(err) if went_idle(err) => IDLE,
+            Err(_) => IO_ERROR,
+        };
+        if let Some(started) = started {
+            self.report(&result, started.elapsed());
+        }
+        code
+    }
+
+    /// Logs how the connection ended.
+    fn report(self, result: &Result<echo_proto::Totals, echo_proto::EchoError>, took: Duration) {
+        // Milliseconds, to the microsecond: a number in JSON logs.
+        let duration_ms = took.as_micros() as f64 / 1000.0;
+        match result {
+            Ok(totals) => {
+                let (received, sent) = (totals.received, totals.sent);
+                info!(received, sent, duration_ms, "peer closed the connection");
             }
-            info!(received, sent, duration_ms, "connection failed: {}", crate::chain(&err));
-            IO_ERROR
+            Err(err) => {
+                let totals = err.totals();
+                let (received, sent) = (totals.received, totals.sent);
+                if went_idle(err) {
+                    let secs = self.idle_timeout.unwrap_or_default().as_secs_f64();
+                    // A client can cause this at will: not a warning.
+                    info!(
+                        received,
+                        sent, duration_ms, "peer idle for {secs} s; closing the connection"
+                    );
+                } else {
+                    info!(received, sent, duration_ms, "connection failed: {}", crate::chain(err));
+                }
+            }
         }
     }
-    // Dropping the stream closes the connection.
+}
+
+/// Whether the echo ended because the idle timeout expired: SO_RCVTIMEO and
+/// SO_SNDTIMEO expire as `EAGAIN`.
+fn went_idle(err: &echo_proto::EchoError) -> bool {
+    err.io_error().is_some_and(|e| e.kind() == ErrorKind::WouldBlock)
 }

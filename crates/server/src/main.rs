@@ -2,7 +2,7 @@
 //!
 //! Only wiring: parse the arguments, set up logging, and hand a
 //! [`forkserve::Server`] the addresses, the settings and the echo loop
-//! ([`conn::serve`]) as each child's work. The library owns the rest: the
+//! ([`conn::Echo::serve`]) as each child's work. The library owns the rest: the
 //! accept, fork and reap loop, limits, back-off and staged shutdown.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -284,7 +284,7 @@ fn inetd(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
     let code = forkserve::Inetd::new()
         .idle_timeout(idle_timeout)
         .admit(policy(args)?)
-        .serve(|conn| conn::serve(conn, idle_timeout))?;
+        .serve(|conn| conn::Echo::new(idle_timeout).serve(conn))?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)))
 }
 
@@ -398,7 +398,10 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
             let exec = forkserve::Exec::new(program, program_args);
             server.serve(|conn| exec.run(conn))?;
         }
-        None => server.serve(|conn| conn::serve(conn, idle_timeout))?,
+        None => {
+            let echo = conn::Echo::new(idle_timeout);
+            server.serve(|conn| echo.serve(conn))?;
+        }
     }
     Ok(())
 }
