@@ -183,14 +183,15 @@ struct CachedStatus {
 
 /// Drops the cached `/proc/self/status` descriptor without closing it, for
 /// [`close_other_fds`](crate::close_other_fds), which closes it (its number
-/// may then be reused, and must not be closed a second time). Never waits for
-/// the lock: in a child forked from a multi-threaded process it may be held
-/// forever, and the cache is then left alone.
+/// may then be reused, and must not be closed a second time); its pages stay
+/// mapped, as in [`drop_cached_status`]. Never waits for the lock: in a child
+/// forked from a multi-threaded process it may be held forever, and the cache
+/// is then left alone.
 pub(crate) fn forget_cached_status() {
     if let Ok(mut cached) = STATUS.try_lock() {
         if let Some(cached) = cached.take() {
             std::mem::forget(cached.file);
-            drop(cached.pages);
+            std::mem::forget(cached.pages);
         }
     }
 }
@@ -200,7 +201,13 @@ pub(crate) fn forget_cached_status() {
 /// [`thread_count`] opens it again. Never waits for the lock, as above.
 pub(crate) fn drop_cached_status() {
     if let Ok(mut cached) = STATUS.try_lock() {
-        drop(cached.take());
+        if let Some(cached) = cached.take() {
+            drop(cached.file);
+            // Left mapped: in a child the pages are zero-filled and hold no
+            // memory, and unmapping them would cost every child a system
+            // call.
+            std::mem::forget(cached.pages);
+        }
     }
 }
 
