@@ -81,24 +81,27 @@ impl ChildSetup {
         listener: SocketAddr,
         work: &mut impl FnMut(Connection) -> i32,
     ) -> i32 {
+        let pid = std::process::id();
         if let Err(err) = self.prepare_process() {
-            let _span = conn_span(std::process::id(), peer).entered();
+            let _span = conn_span(pid, peer).entered();
             warn!(error = chain(&err), "cannot set up the child");
             return SETUP_FAILED;
         }
-        self.serve(stream, peer, listener, work)
+        self.serve(pid, stream, peer, listener, work)
     }
 
-    /// In a child already set up: the connection's set-up, then `work`,
+    /// In a child already set up, whose pid is `pid` (asked once per
+    /// process, not per connection): the connection's set-up, then `work`,
     /// inside a `conn{pid, peer}` span; returns `work`'s exit code.
     pub(crate) fn serve(
         &self,
+        pid: u32,
         stream: TcpStream,
         peer: SocketAddr,
         listener: SocketAddr,
         work: &mut impl FnMut(Connection) -> i32,
     ) -> i32 {
-        let _span = conn_span(std::process::id(), peer).entered();
+        let _span = conn_span(pid, peer).entered();
         match self.prepare_connection(&stream, listener) {
             Ok(local) => work(Connection { stream, peer, local }),
             Err(err) => {

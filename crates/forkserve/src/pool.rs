@@ -235,7 +235,8 @@ pub(crate) fn member(
         return SETUP_FAILED;
     }
     let per_child = pool.settings.per_child;
-    let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    let me = std::process::id();
+    let pid = i32::try_from(me).unwrap_or(i32::MAX);
     let mut served: u32 = 0;
     let mut message = [0_u8; MESSAGE_LEN];
     loop {
@@ -252,7 +253,7 @@ pub(crate) fn member(
             warn!(len, "the parent handed over a connection without its addresses");
             return SETUP_FAILED;
         };
-        let code = setup.serve(stream, peer, listener, work);
+        let code = setup.serve(me, stream, peer, listener, work);
         served = served.saturating_add(1);
         if per_child != 0 && served >= per_child {
             return code;
