@@ -222,3 +222,24 @@ fn a_status_line_marks_each_tenth_of_the_child_limit_crossed() {
     // Two children are a tenth of 20: up at 2 and 4, down at 3 and 1.
     assert_eq!(status, ["2/20", "4/20", "3/20", "1/20"], "{:#?}", server.log());
 }
+
+#[test]
+fn a_filter_on_the_connection_span_still_gets_each_connections_end() {
+    // Whether a child logs how its connection ended is decided once, in the
+    // parent, outside any span: a filter that enables the line only inside
+    // the child's `conn` span must still get it.
+    let wrapper = ["env", "RUST_LOG=warn,[conn]=info"];
+    let server = integration_tests::Server::start_wrapped(&wrapper, "127.0.0.1", &[]).unwrap();
+    let mut stream = crate::connect(&server);
+    crate::echo(&mut stream, b"span?");
+    drop(stream);
+    server.wait_for_log(&["peer closed the connection"], 1, TIMEOUT).unwrap();
+    // Where the filter drops it, no child prepares it: nothing is logged.
+    let quiet = crate::server("127.0.0.1", &["-q"]);
+    let mut stream = crate::connect(&quiet);
+    crate::echo(&mut stream, b"quiet");
+    drop(stream);
+    quiet.wait_for_children(0, TIMEOUT).unwrap();
+    let log = quiet.log();
+    assert!(!log.iter().any(|line| line.contains("peer closed")), "{log:?}");
+}

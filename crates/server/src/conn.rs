@@ -26,8 +26,8 @@ pub(crate) struct Echo {
     /// SO_RCVTIMEO and SO_SNDTIMEO (already set by the library), named in
     /// the log line of a connection that went idle.
     idle_timeout: Option<Duration>,
-    /// Whether the log filter takes this module's `info` lines. Asked once
-    /// here, in the parent: a callsite that a child meets first is
+    /// Whether the log filter may take this module's `info` lines (always,
+    /// if it filters by span). Asked once here, in the parent: a callsite that a child meets first is
     /// registered with the subscriber in that child, in every child again,
     /// which writes shared pages and runs code no connection needs when the
     /// line is filtered out anyway (`-q`). See PERFORMANCE.md.
@@ -37,7 +37,8 @@ pub(crate) struct Echo {
 impl Echo {
     /// Reads the log filter; call it in the parent, before serving.
     pub(crate) fn new(idle_timeout: Option<Duration>) -> Self {
-        Self { idle_timeout, report: tracing::enabled!(tracing::Level::INFO) }
+        let report = tracing::enabled!(tracing::Level::INFO) || crate::log::depends_on_spans();
+        Self { idle_timeout, report }
     }
 
     /// Echoes one connection in a child process and returns the exit code.

@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -47,7 +47,11 @@ pub(crate) enum Format {
 pub(crate) fn init(level: &str, format: Format, discard: bool) {
     let (filter, invalid) = match std::env::var("RUST_LOG") {
         Ok(value) if !value.trim().is_empty() => match EnvFilter::builder().parse(&value) {
-            Ok(filter) => (filter, None),
+            Ok(filter) => {
+                // `target[span{field=value}]=level`: a directive on spans.
+                SPAN_DIRECTIVES.store(value.contains('['), Ordering::Relaxed);
+                (filter, None)
+            }
             Err(err) => (EnvFilter::new(level), Some((value, err))),
         },
         _ => (EnvFilter::new(level), None),
@@ -76,6 +80,17 @@ pub(crate) fn init(level: &str, format: Format, discard: bool) {
     if let Some((value, err)) = invalid {
         tracing::warn!("ignoring RUST_LOG={value:?} ({err}); logging at the default level");
     }
+}
+
+/// Whether the filter has a directive on spans, which makes whether a line
+/// is logged depend on the span it is written in.
+static SPAN_DIRECTIVES: AtomicBool = AtomicBool::new(false);
+
+/// Whether a line may be logged in some span even when
+/// `tracing::enabled!` says no outside every span (`RUST_LOG` has a
+/// directive such as `[conn]=info`).
+pub(crate) fn depends_on_spans() -> bool {
+    SPAN_DIRECTIVES.load(Ordering::Relaxed)
 }
 
 /// Lines dropped because standard error could not take them, not reported yet.
