@@ -36,9 +36,13 @@ pub const BUFFER_SIZE: usize = 64 * 1024;
 /// 64 KiB buffer, zeroed, would be 16 pages of private memory per child).
 /// 1 KiB rather than a page: the child's stack then usually stays within the
 /// pages its fork already wrote (one private page less per held child, in
-/// PERFORMANCE.md), and an exchange that fills it moves to the large buffer
-/// after one read.
+/// PERFORMANCE.md).
 const SMALL_BUFFER_SIZE: usize = 1024;
+
+/// The next buffer, on the heap, once a read fills the small one: a request
+/// of a few KiB (a full TCP segment, say) costs the child one more page, not
+/// the sixteen of [`BUFFER_SIZE`]; a read that fills this one moves to that.
+const MEDIUM_BUFFER_SIZE: usize = 4 * 1024;
 
 /// How many bytes an exchange read and wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -133,8 +137,9 @@ pub fn relay<R: Read, W: Write>(reader: R, writer: W) -> Result<Totals, EchoErro
 
 fn copy<R: Read, W: Write>(mut reader: R, mut writer: W, log: bool) -> Result<Totals, EchoError> {
     // A small buffer on the stack first: a request/response exchange rarely
-    // needs more, and a process-per-connection child stays a few pages. The
-    // first read that fills it moves the copy to a full-size buffer.
+    // needs more, and a process-per-connection child stays a few pages. A
+    // read that fills it moves the copy to a one-page buffer, and a read that
+    // fills that one to a full-size buffer.
     let mut small = [0; SMALL_BUFFER_SIZE];
     let mut large = Vec::new();
     let mut totals = Totals::default();
@@ -152,8 +157,9 @@ fn copy<R: Read, W: Write>(mut reader: R, mut writer: W, log: bool) -> Result<To
         }
         let full = n == buf.len();
         write_counted(&mut writer, &buf[..n], &mut totals)?;
-        if full && large.is_empty() {
-            large = vec![0; BUFFER_SIZE];
+        if full && large.len() < BUFFER_SIZE {
+            let next = if large.is_empty() { MEDIUM_BUFFER_SIZE } else { BUFFER_SIZE };
+            large = vec![0; next];
         }
     }
     writer.flush().map_err(|source| EchoError::Write { totals, source })?;

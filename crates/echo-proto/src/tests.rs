@@ -307,15 +307,20 @@ impl Read for Offered {
 
 #[test]
 fn small_exchanges_use_a_small_buffer_and_bulk_a_large_one() {
-    // Request/response sized reads never get the large buffer.
-    let mut small = Offered { pieces: [64, 1023, 1].into(), offered: Vec::new() };
-    echo(&mut small, io::sink()).unwrap();
-    assert!(small.offered.iter().all(|&len| len < BUFFER_SIZE), "{:?}", small.offered);
-    // A read that fills the small buffer: bulk, so every later read may fill
+    // Request/response sized reads never get the large buffer, even a few
+    // KiB at once (a full TCP segment, or more).
+    for pieces in [[64, 1023, 1, 0], [64, 1500, 4000, 1]] {
+        let mut small = Offered { pieces: pieces.into(), offered: Vec::new() };
+        echo(&mut small, io::sink()).unwrap();
+        assert!(small.offered.iter().all(|&len| len < BUFFER_SIZE), "{:?}", small.offered);
+    }
+    // Reads that fill each buffer in turn: bulk, so every later read may fill
     // the large one.
-    let mut bulk = Offered { pieces: [64, usize::MAX, usize::MAX, 3].into(), offered: Vec::new() };
+    let mut bulk =
+        Offered { pieces: [64, usize::MAX, usize::MAX, usize::MAX, 3].into(), offered: Vec::new() };
     let totals = echo(&mut bulk, io::sink()).unwrap();
-    let small_len = bulk.offered[0];
-    assert_eq!(bulk.offered, [small_len, small_len, BUFFER_SIZE, BUFFER_SIZE, BUFFER_SIZE]);
-    assert_eq!(totals.received, (64 + small_len + BUFFER_SIZE + 3) as u64);
+    let (small, medium) = (bulk.offered[0], bulk.offered[2]);
+    assert!(small < medium && medium < BUFFER_SIZE, "{:?}", bulk.offered);
+    assert_eq!(bulk.offered, [small, small, medium, BUFFER_SIZE, BUFFER_SIZE, BUFFER_SIZE]);
+    assert_eq!(totals.received, (64 + small + medium + BUFFER_SIZE + 3) as u64);
 }

@@ -410,9 +410,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         // The other members' channels, listed here in the parent: a forked
         // child finds the registry empty.
         pool.siblings.clear();
-        for channel in self.children.iter().filter_map(|(_, job)| job.channel()) {
-            pool.siblings.add(channel);
-        }
+        pool.siblings.extend(self.children.iter().filter_map(|(_, job)| job.channel()));
         let pool = &*pool;
         let (ours, theirs) = Handoff::pair()?;
         let (pending, held) = (&self.pending, self.held.as_ref());

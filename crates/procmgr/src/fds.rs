@@ -166,6 +166,14 @@ impl CloseList {
         }
     }
 
+    /// Adds descriptors of the parent's that a child must not hold, all
+    /// distinct and not on the list yet (unlike [`CloseList::add`], nothing
+    /// is checked: a number listed twice is only closed twice, the second
+    /// time in vain).
+    pub fn extend<'fd>(&mut self, fds: impl IntoIterator<Item = BorrowedFd<'fd>>) {
+        self.fds.extend(fds.into_iter().map(|fd| fd.as_raw_fd()));
+    }
+
     /// Empties the list, keeping its memory: a list rebuilt before each fork
     /// allocates only when it outgrows every earlier one.
     pub fn clear(&mut self) {

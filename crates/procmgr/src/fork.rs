@@ -183,16 +183,26 @@ struct CachedStatus {
 
 /// Drops the cached `/proc/self/status` descriptor without closing it, for
 /// [`close_other_fds`](crate::close_other_fds), which closes it (its number
-/// may then be reused, and must not be closed a second time); its pages stay
-/// mapped, as in [`drop_cached_status`]. Never waits for the lock: in a child
+/// may then be reused, and must not be closed a second time); its pages are
+/// treated as in [`drop_cached_status`]. Never waits for the lock: in a child
 /// forked from a multi-threaded process it may be held forever, and the cache
 /// is then left alone.
 pub(crate) fn forget_cached_status() {
     if let Ok(mut cached) = STATUS.try_lock() {
         if let Some(cached) = cached.take() {
             std::mem::forget(cached.file);
-            std::mem::forget(cached.pages);
+            let_go(cached.pages);
         }
+    }
+}
+
+/// Lets go of the status pages. In a child they read as zeros (the parent's
+/// hold the text it read): they hold no memory there, and are left mapped
+/// rather than cost every child a system call. Elsewhere they are unmapped.
+fn let_go(pages: Option<ParentPages>) {
+    match pages {
+        Some(pages) if pages.starts_with_zero() => std::mem::forget(pages),
+        pages => drop(pages),
     }
 }
 
@@ -203,10 +213,7 @@ pub(crate) fn drop_cached_status() {
     if let Ok(mut cached) = STATUS.try_lock() {
         if let Some(cached) = cached.take() {
             drop(cached.file);
-            // Left mapped: in a child the pages are zero-filled and hold no
-            // memory, and unmapping them would cost every child a system
-            // call.
-            std::mem::forget(cached.pages);
+            let_go(cached.pages);
         }
     }
 }

@@ -19,6 +19,8 @@ use nix::libc;
 pub(crate) struct ParentPages {
     start: NonNull<u8>,
     len: usize,
+    /// The kernel took `MADV_WIPEONFORK`.
+    wiped: bool,
 }
 
 impl ParentPages {
@@ -43,15 +45,30 @@ impl ParentPages {
         }
         // SAFETY: `start..start + len` is the mapping just made, owned here.
         // A failure (an older kernel) only leaves the pages ordinary.
-        unsafe { libc::madvise(start, len, libc::MADV_WIPEONFORK) };
+        let wiped = unsafe { libc::madvise(start, len, libc::MADV_WIPEONFORK) } == 0;
         let start = NonNull::new(start.cast()).ok_or_else(io::Error::last_os_error)?;
-        Ok(Self { start, len })
+        Ok(Self { start, len, wiped })
+    }
+
+    /// Whether a forked child gets these pages zero-filled (the kernel took
+    /// `MADV_WIPEONFORK`), rather than a copy.
+    #[cfg(test)]
+    pub(crate) fn wiped_in_children(&self) -> bool {
+        self.wiped
     }
 
     /// The start of the pages: page-aligned, `len` bytes readable and
     /// writable for as long as `self` lives.
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.start.as_ptr()
+    }
+
+    /// Whether the first byte is zero: in a child that got the pages
+    /// zero-filled, always.
+    pub(crate) fn starts_with_zero(&self) -> bool {
+        // SAFETY: the mapping is at least one byte, readable, and
+        // initialized (zero-filled by the kernel, or written since).
+        unsafe { self.start.as_ptr().read() == 0 }
     }
 
     /// The pages as bytes.
@@ -74,7 +91,11 @@ impl Drop for ParentPages {
 
 impl std::fmt::Debug for ParentPages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParentPages").field("start", &self.start).field("len", &self.len).finish()
+        f.debug_struct("ParentPages")
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .field("wiped", &self.wiped)
+            .finish()
     }
 }
 

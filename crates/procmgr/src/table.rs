@@ -87,10 +87,13 @@ impl<T> PidTable<T> {
         unsafe { self.pid_ptr(i).read() }
     }
 
-    /// Where a pid's probe starts. Multiplying by an odd number permutes the
-    /// low bits, so consecutive pids land in distinct slots.
+    /// Where a pid's probe starts: the top bits of the pid times 2^32 / φ
+    /// (Fibonacci hashing), which spreads consecutive pids and pids a
+    /// multiple of the capacity apart alike.
     fn home(&self, pid: i32) -> usize {
-        (pid as u32).wrapping_mul(0x9E37_79B9) as usize & (self.capacity - 1)
+        // At most 31: a table never nears 2^31 slots (pids stop at 2^22).
+        let bits = self.capacity.trailing_zeros().min(31);
+        ((pid as u32).wrapping_mul(0x9E37_79B9) >> (32 - bits)) as usize
     }
 
     /// The slot holding `pid`.
@@ -152,8 +155,10 @@ impl<T> PidTable<T> {
         unsafe { self.slot(i).write(Slot { pid, info: MaybeUninit::new(info) }) };
     }
 
-    /// Doubles the slots (the first time: as many as fill a page), moving
-    /// every entry over.
+    /// Doubles the slots (the first time: about a page's worth), moving
+    /// every entry over. Where the pages cannot be mapped (out of memory,
+    /// or the process's mapping count at `vm.max_map_count`) the process
+    /// aborts, as on any failed allocation.
     fn grow(&mut self) {
         let first = (4096 / size_of::<Slot<T>>()).next_power_of_two().max(2);
         let capacity = (self.capacity * 2).max(first);

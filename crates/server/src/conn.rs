@@ -52,6 +52,7 @@ impl Echo {
         debug!("serving");
         let started = self.report.then(Instant::now);
         let result = echo_proto::echo(&stream, &stream);
+        let took = started.map(|started| started.elapsed());
         // Close before logging: the client has its end of file without
         // waiting for the line to be formatted and written.
         drop(stream);
@@ -60,8 +61,8 @@ impl Echo {
             Err(err) if went_idle(err) => IDLE,
             Err(_) => IO_ERROR,
         };
-        if let Some(started) = started {
-            self.report(&result, started.elapsed());
+        if let Some(took) = took {
+            self.report(&result, took);
         }
         code
     }
