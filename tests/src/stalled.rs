@@ -34,8 +34,17 @@ impl Stalled {
     /// # Errors
     /// When it cannot be built or started, or does not say where it listens.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(&[])
+    }
+
+    /// As [`Stalled::start`], with more arguments for the server.
+    ///
+    /// # Errors
+    /// As [`Stalled::start`].
+    pub fn start_with(args: &[&str]) -> Result<Self, String> {
         let mut child = Command::new(crate::binary("echo-server")?)
             .args(["0", "--bind", "127.0.0.1", "-v"])
+            .args(args)
             .env_remove("RUST_LOG")
             .process_group(0)
             .stdin(Stdio::null())

@@ -20,11 +20,13 @@ commands:
   e2e   the seed's scenario, step by step: three clients, four processes,
         exact echoes, tagged logs, every child reaped, clean SIGTERM exit
   ci    the whole gate: fmt, clippy, docs, tests, e2e, stress --quick
-  stress [--quick]
+        in fork mode and in pool mode (--prefork 4)
+  stress [--quick] [--prefork N [--connections-per-child M]]
         the real server under load, a few minutes (--quick: under one):
         churn with resets, held connections, slow and idle clients, a
         connect flood with latency probes, a stalled log reader, signals;
-        a table on stdout and in target/stress.md
+        a table on stdout and in target/stress.md (pool mode:
+        target/stress-prefork.md)
   bench [--quick]
         echo-server against a C textbook fork-per-connection server (and
         socat, tcpserver when installed), servers interleaved round by
@@ -100,7 +102,12 @@ fn ci() -> bool {
     // The server under load, briefly: a lost byte, a lingering zombie or a
     // growing parent fails the gate.
     println!("==> stress --quick");
-    stress::run(&["--quick".to_owned()])
+    if !stress::run(&["--quick".to_owned()]) {
+        return false;
+    }
+    // The same in pool mode, whose children outlive their connections.
+    println!("==> stress --quick --prefork 4");
+    stress::run(&["--quick", "--prefork", "4"].map(str::to_owned))
 }
 
 /// Whether this runs under CI (`CI=true`), where every test must run: CI runs

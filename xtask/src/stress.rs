@@ -1,5 +1,6 @@
-//! `cargo xtask stress [--quick]`: the real `echo-server` under load on
-//! loopback, phase by phase, with a table of figures.
+//! `cargo xtask stress [--quick] [--prefork N [--connections-per-child M]]`:
+//! the real `echo-server` under load on loopback, phase by phase, with a
+//! table of figures; with `--prefork`, every server runs in pool mode.
 //!
 //! 1. churn: short connections from 32 threads, random payloads verified
 //!    byte for byte, every tenth reset mid-stream;
@@ -16,7 +17,9 @@
 //! watches each server's process tree from `/proc` throughout. The run fails
 //! on any lost or corrupted byte, unexpected client error, zombie that
 //! outlives a reap cycle, server that does not exit 0 on SIGTERM, or growth
-//! of the parent's descriptors once every connection is closed. Every
+//! of the parent's descriptors once every connection is closed (in pool
+//! mode: beyond its one channel per child, with at most twice the spares
+//! left idle). Every
 //! socket operation, wait and loop is bounded; the only timed checks are
 //! bounds that mean "hung".
 
@@ -44,7 +47,8 @@ use monitor::{Footprint, Monitor, Watch};
 use report::{Footprints, Row};
 
 /// The usage line.
-pub(crate) const USAGE: &str = "usage: cargo xtask stress [--quick]";
+pub(crate) const USAGE: &str =
+    "usage: cargo xtask stress [--quick] [--prefork N [--connections-per-child M]]";
 
 /// How much of each phase to run.
 #[derive(Debug, Clone, Copy)]
@@ -120,16 +124,12 @@ const EXIT_BOUND: Duration = Duration::from_secs(30);
 
 /// Runs the stress test with `args` (`--quick` or nothing); true if it passed.
 pub(crate) fn run(args: &[String]) -> bool {
-    let scale = match args {
-        [] => FULL,
-        [flag] if flag == "--quick" => QUICK,
-        _ => {
-            eprintln!("{USAGE}");
-            return false;
-        }
+    let Some((scale, pool)) = parse(args) else {
+        eprintln!("{USAGE}");
+        return false;
     };
     let _watchdog = Watchdog::start("stress", scale.limit);
-    let mut run = Run::new(scale);
+    let mut run = Run::new(scale, pool);
     let started = Instant::now();
     if let Err(e) = run.all_phases() {
         run.fail(format!("the run stopped early: {e}"));
@@ -137,10 +137,58 @@ pub(crate) fn run(args: &[String]) -> bool {
     run.finish(started.elapsed())
 }
 
+/// Reads `[--quick] [--prefork N [--connections-per-child M]]`.
+fn parse(args: &[String]) -> Option<(Scale, Option<Pool>)> {
+    let mut scale = FULL;
+    let (mut spares, mut per_child) = (None, None);
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => scale = QUICK,
+            "--prefork" => spares = Some(args.next()?.parse().ok().filter(|&n: &usize| n > 0)?),
+            "--connections-per-child" => per_child = Some(args.next()?.parse().ok()?),
+            _ => return None,
+        }
+    }
+    match (spares, per_child) {
+        (None, Some(_)) => None,
+        (None, None) => Some((scale, None)),
+        (Some(spares), per_child) => Some((scale, Some(Pool { spares, per_child }))),
+    }
+}
+
+/// Pool mode: every server of the run is started with `--prefork`.
+#[derive(Debug, Clone, Copy)]
+struct Pool {
+    /// `--prefork N`.
+    spares: usize,
+    /// `--connections-per-child M`, if given.
+    per_child: Option<u32>,
+}
+
+impl Pool {
+    /// The server's arguments.
+    fn args(self) -> Vec<String> {
+        let mut args = vec!["--prefork".to_owned(), self.spares.to_string()];
+        if let Some(m) = self.per_child {
+            args.extend(["--connections-per-child".to_owned(), m.to_string()]);
+        }
+        args
+    }
+
+    /// The most children an idle pool keeps: idle members beyond twice the
+    /// spares are retired after a second.
+    fn idle_ceiling(self) -> usize {
+        2 * self.spares
+    }
+}
+
 /// One run: its settings, and what it found so far.
 #[derive(Debug)]
 struct Run {
     scale: Scale,
+    /// Pool mode, or fork mode (`None`).
+    pool: Option<Pool>,
     /// Seeds every payload and delay (`STRESS_SEED` replays a run).
     seed: u64,
     rows: Vec<Row>,
@@ -167,7 +215,7 @@ struct Main {
 
 impl Run {
     /// A run at `scale`, seeded from `STRESS_SEED` (hex) or the clock.
-    fn new(scale: Scale) -> Self {
+    fn new(scale: Scale, pool: Option<Pool>) -> Self {
         let seed = std::env::var("STRESS_SEED")
             .ok()
             .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
@@ -177,6 +225,7 @@ impl Run {
             });
         Self {
             scale,
+            pool,
             seed,
             rows: Vec::new(),
             footprints: Vec::new(),
@@ -230,7 +279,15 @@ impl Run {
         let (soft, hard) = raise_nofile()?;
         let program = integration_tests::binary("echo-server")?;
         self.binary = program.display().to_string();
-        println!("stress ({}): {}, seed {:#x}", self.scale.name, self.binary, self.seed);
+        let mode = self.pool.map_or_else(|| "fork mode".to_owned(), |pool| pool.args().join(" "));
+        println!("stress ({}, {mode}): {}, seed {:#x}", self.scale.name, self.binary, self.seed);
+        if self.pool.is_some() {
+            self.note(format!(
+                "{mode}: each server keeps idle children, up to {} once idle; the parent's \
+                 descriptor counts below leave out its one channel per child",
+                self.pool.map_or(0, Pool::idle_ceiling)
+            ));
+        }
         self.note(format!("RLIMIT_NOFILE of this process: soft {soft} raised to {hard}"));
 
         let mut main = self.start_main(&program)?;
@@ -251,11 +308,13 @@ impl Run {
     /// lines per connection, which the harness collects).
     fn start_main(&mut self, program: &Path) -> Result<Main, String> {
         let max_children = (self.scale.held + 100).to_string();
-        let args = ["0", "--bind", "127.0.0.1", "--max-children", max_children.as_str()];
+        let mut args = vec!["0", "--bind", "127.0.0.1", "--max-children", max_children.as_str()];
+        let pool_args = self.pool.map(Pool::args).unwrap_or_default();
+        args.extend(pool_args.iter().map(String::as_str));
         let server = Server::start_program(program, &args)?;
         watch(server.pid());
         let pid = server.pid();
-        let before = Footprint::of(pid)?;
+        let before = self.footprint(pid)?;
         let limit = monitor::nofile_limit(pid).unwrap_or_else(|| "?".to_owned());
         self.note(format!(
             "main server: pid {pid}, {}, --max-children {max_children}; its open-file limit \
@@ -275,10 +334,8 @@ impl Run {
     /// reads the counters (SIGUSR1) and the parent's descriptors; returns
     /// what the server counted over the phase.
     fn settle(&mut self, main: &mut Main, phase: &str) -> Option<Counters> {
-        if let Err(e) = main.server.wait_for_children(0, TIMEOUT) {
-            self.fail(format!("{phase}: children left after every connection closed: {e}"));
-        }
-        match Footprint::settled(main.server.pid(), &main.before) {
+        self.wait_until_idle(main.server.pid(), phase);
+        match Footprint::settled(main.server.pid(), &main.before, self.channels_per_child()) {
             Ok((now, extra)) => {
                 if !extra.is_empty() {
                     self.note(format!(
@@ -355,9 +412,16 @@ impl Run {
         let (held, mut tally) =
             client::open_held(main.server.addr(), n, HELD_THREADS, self.seed ^ 2);
         let open = held.len();
-        match main.server.wait_for_children(open, TIMEOUT) {
-            Ok(_) => self.note(format!(
-                "{phase}: {open} connections open, {open} live children, in {:.1} s",
+        // One child per open connection; a pool keeps idle ones besides.
+        let most = open + self.pool.map_or(0, Pool::idle_ceiling);
+        let children = wait_until(TIMEOUT, &format!("{open} to {most} live children"), || {
+            let children = procfs::children_of(main.server.pid());
+            let live = children.iter().filter(|c| !c.is_zombie()).count();
+            (open..=most).contains(&live).then_some(live)
+        });
+        match children {
+            Ok(live) => self.note(format!(
+                "{phase}: {open} connections open, {live} live children, in {:.1} s",
                 started.elapsed().as_secs_f64()
             )),
             Err(e) => self.fail(format!("{phase}: {}", shorten(&e))),
@@ -379,18 +443,18 @@ impl Run {
             "==> {phase}: {slow} clients trickle {bytes} bytes each, {idle} fall silent, \
              --idle-timeout {IDLE_TIMEOUT}"
         );
-        let args = ["0", "--bind", "127.0.0.1", "--idle-timeout", IDLE_TIMEOUT];
+        let mut args = vec!["0", "--bind", "127.0.0.1", "--idle-timeout", IDLE_TIMEOUT];
+        let pool_args = self.pool.map(Pool::args).unwrap_or_default();
+        args.extend(pool_args.iter().map(String::as_str));
         let mut server = Server::start_program(program, &args)?;
         watch(server.pid());
         let pid = server.pid();
         let monitor = Monitor::start(pid);
-        let before = Footprint::of(pid)?;
+        let before = self.footprint(pid)?;
         let started = Instant::now();
         let result = client::slow_and_idle(server.addr(), slow, bytes, idle, self.seed ^ 3);
         let duration = started.elapsed();
-        if let Err(e) = server.wait_for_children(0, TIMEOUT) {
-            self.fail(format!("{phase}: children left after every connection closed: {e}"));
-        }
+        self.wait_until_idle(pid, phase);
         let counters = usr1_counters(&server);
         if let (Some(least), Some(most)) =
             (result.idle_waits.iter().min(), result.idle_waits.iter().max())
@@ -514,20 +578,17 @@ impl Run {
         let phase = "5. stalled log";
         let n = self.scale.stalled;
         println!("==> {phase}: -v logging into a full pipe; {n} short connections, 10 % reset");
-        let mut server = Stalled::start()?;
+        let pool_args = self.pool.map(Pool::args).unwrap_or_default();
+        let mut server =
+            Stalled::start_with(&pool_args.iter().map(String::as_str).collect::<Vec<_>>())?;
         watch(server.pid());
         let pid = server.pid();
         let monitor = Monitor::start(pid);
-        let before = Footprint::of(pid)?;
+        let before = self.footprint(pid)?;
         let started = Instant::now();
         let mut tally = client::churn(server.addr(), n, CHURN_THREADS, self.seed ^ 6);
         let duration = started.elapsed();
-        let reaped = wait_until(TIMEOUT, "every child of the stalled server reaped", || {
-            procfs::children_of(pid).is_empty().then_some(())
-        });
-        if let Err(e) = reaped {
-            self.fail(format!("{phase}: {e}"));
-        }
+        self.wait_until_idle(pid, phase);
         // The parent's footprint while its log pipe is still full.
         let after = self.footprint_after(pid, &before);
 
@@ -541,12 +602,7 @@ impl Run {
             self.fail(format!("{phase}: {e}"));
         }
         tally.merge(client::churn(server.addr(), 1, 1, self.seed ^ 7));
-        let reaped = wait_until(TIMEOUT, "the last child of the stalled server reaped", || {
-            procfs::children_of(pid).is_empty().then_some(())
-        });
-        if let Err(e) = reaped {
-            self.fail(format!("{phase}: {e}"));
-        }
+        self.wait_until_idle(pid, phase);
         match server.wait_for("log line(s) dropped", 1) {
             Ok(lines) => {
                 let counts: Vec<String> = lines
@@ -682,7 +738,7 @@ impl Run {
     /// The parent's footprint once idle (see [`Footprint::settled`]), noting
     /// descriptors it held only for a moment.
     fn footprint_after(&mut self, pid: i32, before: &Footprint) -> Result<Footprint, String> {
-        let (after, extra) = Footprint::settled(pid, before)?;
+        let (after, extra) = Footprint::settled(pid, before, self.channels_per_child())?;
         if !extra.is_empty() {
             self.note(format!(
                 "pid {pid}: the idle parent held {} extra descriptor(s) for a moment: {}",
@@ -691,6 +747,37 @@ impl Run {
             ));
         }
         Ok(after)
+    }
+
+    /// The parent's footprint now (see [`Footprint::of`]).
+    fn footprint(&self, pid: i32) -> Result<Footprint, String> {
+        Footprint::of(pid, self.channels_per_child())
+    }
+
+    /// Descriptors the parent holds per live child: a pool member's
+    /// channel, in pool mode; none in fork mode.
+    fn channels_per_child(&self) -> usize {
+        usize::from(self.pool.is_some())
+    }
+
+    /// Once every connection is closed: waits until no child is left (fork
+    /// mode) or only idle pool members, at most twice the spares (pool mode),
+    /// and none is a zombie; fails the phase otherwise.
+    fn wait_until_idle(&mut self, pid: i32, phase: &str) {
+        let most = self.pool.map_or(0, Pool::idle_ceiling);
+        let (mut live, mut zombies) = (0, 0);
+        let idle = wait_until(TIMEOUT, &format!("at most {most} live children, no zombie"), || {
+            let children = procfs::children_of(pid);
+            zombies = children.iter().filter(|c| c.is_zombie()).count();
+            live = children.len() - zombies;
+            (live <= most && zombies == 0).then_some(())
+        });
+        if let Err(e) = idle {
+            self.fail(format!(
+                "{phase}: children left after every connection closed: {e}; last seen: {live} \
+                 live, {zombies} zombie(s)"
+            ));
+        }
     }
 
     /// Checks a server's end: exit 0 on SIGTERM, no descriptor growth in the
@@ -729,13 +816,15 @@ impl Run {
         self.note(format!("{name}: {} samples of its process tree", watch.samples));
     }
 
-    /// Prints the report, writes it to `target/stress.md`; true if it passed.
+    /// Prints the report, writes it to `target/stress.md` (pool mode:
+    /// `target/stress-prefork.md`); true if it passed.
     fn finish(self, elapsed: Duration) -> bool {
         let verdict = if self.failures.is_empty() { "PASS" } else { "FAIL" };
         let mut text = format!(
-            "# cargo xtask stress{}\n\n{} on {} CPU(s); seed {:#x} (STRESS_SEED replays it); \
+            "# cargo xtask stress{}{}\n\n{} on {} CPU(s); seed {:#x} (STRESS_SEED replays it); \
              {:.0} s in all. {verdict}.\n\n",
             if self.scale.name == "quick" { " --quick" } else { "" },
+            self.pool.map(|pool| format!(" {}", pool.args().join(" "))).unwrap_or_default(),
             self.binary,
             std::thread::available_parallelism().map_or(0, usize::from),
             self.seed,
@@ -760,7 +849,8 @@ impl Run {
             }
         }
         println!("\n{text}");
-        let path = integration_tests::workspace_root().join("target").join("stress.md");
+        let name = if self.pool.is_some() { "stress-prefork.md" } else { "stress.md" };
+        let path = integration_tests::workspace_root().join("target").join(name);
         let written = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
             .and_then(|()| std::fs::write(&path, &text));
         match written {

@@ -164,8 +164,20 @@ impl Footprint {
     ///
     /// # Errors
     /// When the process is gone or `/proc` cannot be read.
-    pub(super) fn of(pid: i32) -> Result<Self, String> {
-        let targets = procfs::fds(pid).ok_or_else(|| format!("cannot list /proc/{pid}/fd"))?;
+    /// `per_child` descriptors for each live child (a pool member's channel)
+    /// are left out of the count, which is then the parent's own.
+    pub(super) fn of(pid: i32, per_child: usize) -> Result<Self, String> {
+        // The children are counted on both sides of the listing, until both
+        // counts agree: a child forked in between would skew the count.
+        let read = || {
+            let before = procfs::children_of(pid).len();
+            let targets = procfs::fds(pid);
+            (before == procfs::children_of(pid).len()).then_some((targets, before))
+        };
+        let (targets, children) = (0..100)
+            .find_map(|_| read())
+            .ok_or_else(|| format!("/proc/{pid}: children kept coming and going"))?;
+        let targets = targets.ok_or_else(|| format!("cannot list /proc/{pid}/fd"))?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
         let rss_kib = status
@@ -173,7 +185,8 @@ impl Footprint {
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|value| value.split_whitespace().next()?.parse().ok())
             .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))?;
-        Ok(Self { fds: targets.len(), targets, rss_kib })
+        let fds = targets.len().saturating_sub(per_child * children);
+        Ok(Self { fds, targets, rss_kib })
     }
 
     /// Reads it for `pid` once the parent is idle: a descriptor count above
@@ -184,16 +197,20 @@ impl Footprint {
     ///
     /// # Errors
     /// When the process is gone or `/proc` cannot be read.
-    pub(super) fn settled(pid: i32, before: &Self) -> Result<(Self, Vec<String>), String> {
-        let first = Self::of(pid)?;
+    pub(super) fn settled(
+        pid: i32,
+        before: &Self,
+        per_child: usize,
+    ) -> Result<(Self, Vec<String>), String> {
+        let first = Self::of(pid, per_child)?;
         if first.fds <= before.fds {
             return Ok((first, Vec::new()));
         }
         let extra = first.beyond(before);
         let settled = wait_until(TIMEOUT, "the parent's descriptors to come back", || {
-            Self::of(pid).ok().filter(|now| now.fds <= before.fds)
+            Self::of(pid, per_child).ok().filter(|now| now.fds <= before.fds)
         });
-        Ok((settled.or_else(|_| Self::of(pid))?, extra))
+        Ok((settled.or_else(|_| Self::of(pid, per_child))?, extra))
     }
 
     /// The descriptors open now that were not open in `before`.
@@ -239,7 +256,7 @@ mod tests {
         assert!(peaks.1[0].contains("a zombie for at least"), "{peaks:?}");
         let watch = monitor.stop();
         assert_eq!(watch.lingering.len(), 1, "reported once: {watch:?}");
-        let footprint = Footprint::of(parent.pid()).unwrap();
+        let footprint = Footprint::of(parent.pid(), 0).unwrap();
         assert!(footprint.fds >= 3 && footprint.rss_kib > 0, "{footprint:?}");
         // `parent` is killed by pid when dropped; its zombie child goes with it.
     }
