@@ -5,8 +5,10 @@
 //! Workloads, each verifying every byte that comes back:
 //! - **connrate**: 8 workers, each connecting, sending 64 bytes, reading
 //!   them back, shutting down its side and waiting for the server's close,
-//!   again and again; connections a second, and the p50/p99 of that whole
-//!   exchange;
+//!   again and again; connections a second, the p50/p99 of that whole
+//!   exchange, and the CPU the server's whole process tree spent per
+//!   connection (`/proc`: its own time, its reaped children's and its live
+//!   children's; steadier than the rate on a noisy machine);
 //! - **latency**: the same with one client at a time;
 //! - **pingpong**: one connection with `TCP_NODELAY`, 64-byte round trips;
 //! - **bulk**: 1 and 4 connections, each streaming M MiB from a writer
@@ -38,6 +40,7 @@
 //! by pid at the end or on failure. No figure is ever asserted: the bench
 //! fails only when a server fails to start or a byte is lost or corrupted.
 
+mod cpu;
 mod limits;
 mod load;
 mod memory;
@@ -98,7 +101,9 @@ impl Workload {
     /// The figures it yields.
     fn metrics(self) -> &'static [Metric] {
         match self {
-            Self::Connrate => &[Metric::ConnRate, Metric::ConnP50, Metric::ConnP99],
+            Self::Connrate => {
+                &[Metric::ConnRate, Metric::ConnP50, Metric::ConnP99, Metric::ConnCpu]
+            }
             Self::Latency => &[Metric::LatencyP50, Metric::LatencyP99],
             Self::Pingpong => &[Metric::PingRate, Metric::PingP50, Metric::PingP99],
             Self::Bulk1 => &[Metric::Bulk1],
@@ -417,13 +422,18 @@ impl Bench {
             Workload::Connrate => {
                 warm_up()?;
                 let (limit, max) = (scale.connrate, MAX_EXCHANGES);
+                let cpu = || cpu::tree(server.pid()).ok_or("cannot read the server's CPU time");
+                let before = cpu()?;
                 let timed = load::short_connections(addr, WORKERS, limit, max, seed, proxy)?;
+                let spent = cpu()?.saturating_sub(before);
                 let rate = stats::rate(timed.count as f64, timed.elapsed);
                 let p = Percentiles::of(timed.latencies);
+                let per_connection = spent.as_secs_f64() * 1e6 / timed.count.max(1) as f64;
                 Ok(vec![
                     (Metric::ConnRate, rate),
                     (Metric::ConnP50, p.micros(50)),
                     (Metric::ConnP99, p.micros(99)),
+                    (Metric::ConnCpu, per_connection),
                 ])
             }
             Workload::Latency => {
@@ -587,7 +597,9 @@ impl Bench {
         text.push_str(&format!(
             "Workloads (every echoed byte verified): connrate, {WORKERS} workers for {:.1} s, \
              each connecting, sending 64 B, reading them back, shutting down and waiting for \
-             the server's close (the latency is that whole exchange); latency, the same with one \
+             the server's close (the latency is that whole exchange; CPU per connection is the \
+             user and system time of the server's process tree, from /proc, over the run); \
+             latency, the same with one \
              client at a time for {:.1} s; pingpong, one TCP_NODELAY connection, 64 B round trips \
              for {:.1} s; bulk, 1 connection streaming {} MiB and {BULK_CONNECTIONS} streaming {} \
              MiB each, writer and reader concurrent; hold, {} connections open at once, memory \

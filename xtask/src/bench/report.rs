@@ -17,6 +17,8 @@ pub(super) enum Metric {
     ConnP50,
     /// connrate: 99th percentile connection latency.
     ConnP99,
+    /// connrate: CPU time of the server's process tree per connection.
+    ConnCpu,
     /// One client at a time: median connection latency.
     LatencyP50,
     /// One client at a time: 99th percentile.
@@ -66,10 +68,11 @@ impl Unit {
 
 impl Metric {
     /// Every metric, in table order.
-    pub(super) const ALL: [Self; 13] = [
+    pub(super) const ALL: [Self; 14] = [
         Self::ConnRate,
         Self::ConnP50,
         Self::ConnP99,
+        Self::ConnCpu,
         Self::LatencyP50,
         Self::LatencyP99,
         Self::PingRate,
@@ -88,6 +91,7 @@ impl Metric {
             Self::ConnRate => "connrate (8 workers): connections",
             Self::ConnP50 => "connrate: connection latency p50",
             Self::ConnP99 => "connrate: connection latency p99",
+            Self::ConnCpu => "connrate: server CPU (parent and children) per connection",
             Self::LatencyP50 => "latency (1 client at a time) p50",
             Self::LatencyP99 => "latency (1 client at a time) p99",
             Self::PingRate => "pingpong: round trips",
@@ -107,6 +111,7 @@ impl Metric {
             Self::ConnRate => "connrate_per_s",
             Self::ConnP50 => "connrate_p50_us",
             Self::ConnP99 => "connrate_p99_us",
+            Self::ConnCpu => "connrate_cpu_us_per_connection",
             Self::LatencyP50 => "latency_p50_us",
             Self::LatencyP99 => "latency_p99_us",
             Self::PingRate => "pingpong_per_s",
@@ -126,6 +131,7 @@ impl Metric {
             Self::ConnRate | Self::PingRate => Unit::PerSecond,
             Self::ConnP50
             | Self::ConnP99
+            | Self::ConnCpu
             | Self::LatencyP50
             | Self::LatencyP99
             | Self::PingP50
