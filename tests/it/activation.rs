@@ -46,11 +46,11 @@ fn the_server_serves_the_socket_systemd_passes() {
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     crate::echo(&mut stream, b"activated");
     drop(stream);
-    let log = wait_until(TIMEOUT, "the child's end", || {
-        let log = server.stderr();
-        log.iter().any(|line| line.contains("child exited with status 0")).then_some(log)
-    })
-    .unwrap();
+    let log = server
+        .wait_for_stderr(TIMEOUT, "the child's end", |line| {
+            line.contains("child exited with status 0")
+        })
+        .unwrap();
     let passed = "serving 1 socket(s) passed by the service manager (LISTEN_FDS)";
     assert!(log.iter().any(|line| line.contains(passed)), "{log:#?}");
     assert!(log.iter().any(|line| line.contains(&format!("listening on {addr}"))), "{log:#?}");
@@ -113,11 +113,9 @@ fn inetd_mode_applies_the_access_rules() {
     }
     let (manager, addr) = activate(&["--inetd", "-a"], None, &["--inetd", "--deny", "127.0.0.0/8"]);
     crate::expect_unserved(addr, b"let me in");
-    let log = wait_until(TIMEOUT, "the refusal", || {
-        let log = manager.stderr();
-        log.iter().any(|line| line.ends_with("died with code 1")).then_some(log)
-    })
-    .unwrap();
+    let log = manager
+        .wait_for_stderr(TIMEOUT, "the refusal", |line| line.ends_with("died with code 1"))
+        .unwrap();
     assert!(log.iter().any(|line| line.contains("refused a connection: denied")), "{log:#?}");
 }
 
@@ -141,11 +139,9 @@ fn inetd_mode_runs_under_tcpserver() {
         command
     });
     assert_eq!(crate::exchange(addr, b"ucspi"), b"ucspi");
-    let log = wait_until(TIMEOUT, "the server's end", || {
-        let log = manager.stderr();
-        log.iter().any(|line| line.contains(" status 0")).then_some(log)
-    })
-    .unwrap();
+    let log = manager
+        .wait_for_stderr(TIMEOUT, "the server's end", |line| line.contains(" status 0"))
+        .unwrap();
     assert!(log.iter().any(|line| line.contains("serving one connection")), "{log:#?}");
 }
 

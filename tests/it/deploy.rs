@@ -101,10 +101,11 @@ fn the_accept_yes_units_inetd_and_xinetd_lines_serve_a_connection_each() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (manager, addr) = activate(&["--inetd", "-a"], None, &args);
         assert_eq!(exchange(addr, name.as_bytes()), name.as_bytes(), "{name}");
-        integration_tests::wait_until(TIMEOUT, "the instance's exit", || {
-            manager.stderr().iter().any(|line| line.ends_with("died with code 0")).then_some(())
-        })
-        .unwrap_or_else(|e| panic!("{name}: {e}: {:#?}", manager.stderr()));
+        manager
+            .wait_for_stderr(TIMEOUT, "the instance's exit", |line| {
+                line.ends_with("died with code 0")
+            })
+            .unwrap_or_else(|e| panic!("{name}: {e}: {:#?}", manager.stderr()));
     }
 }
 

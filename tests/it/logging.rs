@@ -88,11 +88,8 @@ fn log_with_rust_log(value: &str, args: &[&str]) -> Vec<String> {
     let mut command = Command::new(integration_tests::binary("echo-server").unwrap());
     command.args(["0", "--bind", "127.0.0.1"]).args(args).env("RUST_LOG", value);
     let server = Running::spawn(command).unwrap();
-    wait_until(TIMEOUT, &format!("'listening on' with RUST_LOG={value:?} {args:?}"), || {
-        let log = server.stderr();
-        log.iter().any(|line| line.contains("listening on 127.0.0.1:")).then_some(log)
-    })
-    .unwrap()
+    let what = format!("'listening on' with RUST_LOG={value:?} {args:?}");
+    server.wait_for_stderr(TIMEOUT, &what, |line| line.contains("listening on 127.0.0.1:")).unwrap()
 }
 
 #[test]

@@ -156,6 +156,23 @@ impl Running {
         locked(&self.stderr)
     }
 
+    /// Waits, for at most `timeout`, until a line of stderr satisfies
+    /// `found`; returns every line so far.
+    ///
+    /// # Errors
+    /// When no line does in time (`what` names the wait).
+    pub fn wait_for_stderr(
+        &self,
+        timeout: Duration,
+        what: &str,
+        found: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, String> {
+        wait_until(timeout, what, || {
+            let log = self.stderr();
+            log.iter().any(|line| found(line)).then_some(log)
+        })
+    }
+
     /// The stdin pipe, until [`Running::close_stdin`].
     pub fn stdin(&mut self) -> Option<&mut ChildStdin> {
         self.stdin.as_mut()

@@ -323,13 +323,8 @@ impl Event<'_> {
                 }
             }
             Self::PreforkPaused { error, pause, first } => {
-                let (error, pause_ms) = (chain(error), pause.as_millis());
                 let message = "cannot fork a spare child; retrying after a pause";
-                if first {
-                    warn!(error, pause_ms, "{message}");
-                } else {
-                    debug!(error, pause_ms, "{message}");
-                }
+                log_pause(message, None, error, pause, first);
             }
             Self::Refused { peer, reason } if suppressed > 0 => {
                 info!(%peer, reason, suppressed, "refused a connection");
@@ -374,23 +369,13 @@ impl Event<'_> {
                 debug!(error = chain(error), "accept failed; retrying");
             }
             Self::AcceptPaused { error, pause, first } => {
-                let (error, pause_ms) = (chain(error), pause.as_millis());
                 let message = "cannot accept; pausing, connections wait in the backlog";
-                if first {
-                    warn!(error, pause_ms, "{message}");
-                } else {
-                    debug!(error, pause_ms, "{message}");
-                }
+                log_pause(message, None, error, pause, first);
             }
             Self::AcceptResumed { failures } => info!(failures, "accepting again"),
             Self::ForkPaused { peer, error, pause, first } => {
-                let (error, pause_ms) = (chain(error), pause.as_millis());
                 let message = "cannot fork; keeping the connection and retrying after a pause";
-                if first {
-                    warn!(%peer, error, pause_ms, "{message}");
-                } else {
-                    debug!(%peer, error, pause_ms, "{message}");
-                }
+                log_pause(message, Some(peer), error, pause, first);
             }
             Self::ForkResumed { failures } => info!(failures, "forking again"),
             Self::ShutdownStarted { signal, children, grace } => {
@@ -436,5 +421,24 @@ impl Event<'_> {
                 info!(target: "forkserve::counters", %stats, "all children reaped; exiting: {summary}");
             }
         }
+    }
+}
+
+/// A failure that pauses the loop: a warning when it starts an episode of
+/// failures, a debug line for each one after; `peer`, when given, is the
+/// client kept waiting.
+fn log_pause(
+    message: &str,
+    peer: Option<SocketAddr>,
+    error: &(dyn std::error::Error + 'static),
+    pause: Duration,
+    first: bool,
+) {
+    let (peer, error, pause_ms) =
+        (peer.map(tracing::field::display), chain(error), pause.as_millis());
+    if first {
+        warn!(peer, error, pause_ms, "{message}");
+    } else {
+        debug!(peer, error, pause_ms, "{message}");
     }
 }

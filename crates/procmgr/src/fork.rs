@@ -183,37 +183,32 @@ struct CachedStatus {
 
 /// Drops the cached `/proc/self/status` descriptor without closing it, for
 /// [`close_other_fds`](crate::close_other_fds), which closes it (its number
-/// may then be reused, and must not be closed a second time); its pages are
-/// treated as in [`drop_cached_status`]. Never waits for the lock: in a child
-/// forked from a multi-threaded process it may be held forever, and the cache
-/// is then left alone.
+/// may then be reused, and must not be closed a second time).
 pub(crate) fn forget_cached_status() {
-    if let Ok(mut cached) = STATUS.try_lock() {
-        if let Some(cached) = cached.take() {
-            std::mem::forget(cached.file);
-            let_go(cached.pages);
-        }
-    }
-}
-
-/// Lets go of the status pages. In a child they read as zeros (the parent's
-/// hold the text it read): they hold no memory there, and are left mapped
-/// rather than cost every child a system call. Elsewhere they are unmapped.
-fn let_go(pages: Option<ParentPages>) {
-    match pages {
-        Some(pages) if pages.starts_with_zero() => std::mem::forget(pages),
-        pages => drop(pages),
-    }
+    release_cached_status(std::mem::forget);
 }
 
 /// Closes the cached `/proc/self/status` descriptor, for
 /// [`CloseList::close`](crate::CloseList::close) in a new child; the next
-/// [`thread_count`] opens it again. Never waits for the lock, as above.
+/// [`thread_count`] opens it again.
 pub(crate) fn drop_cached_status() {
+    release_cached_status(drop);
+}
+
+/// Empties the cache, handing its descriptor to `file` (to close or forget).
+/// Its pages read as zeros in a child (the parent's hold the text it read):
+/// there they hold no memory and stay mapped, rather than cost every child a
+/// system call; elsewhere they are unmapped. Never waits for the lock: in a
+/// child forked from a multi-threaded process it may be held forever, and the
+/// cache is then left alone.
+fn release_cached_status(file: fn(File)) {
     if let Ok(mut cached) = STATUS.try_lock() {
         if let Some(cached) = cached.take() {
-            drop(cached.file);
-            let_go(cached.pages);
+            file(cached.file);
+            match cached.pages {
+                Some(pages) if pages.starts_with_zero() => std::mem::forget(pages),
+                pages => drop(pages),
+            }
         }
     }
 }
