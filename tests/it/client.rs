@@ -66,18 +66,28 @@ fn a_server_that_takes_no_data_times_out_while_the_client_is_sending() {
     // so only the client's write, blocked once far more than the socket
     // buffers hold is pending, can time out.
     let (listener, addr) = listener();
+    // The trickle goes on until the client is done (within a bound longer
+    // than the client's own): ending it first would reset the connection
+    // under a client that a loaded machine has slowed down.
+    let client_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickling = std::sync::Arc::clone(&client_done);
     let trickler = std::thread::spawn(move || {
         let mut conn = accept(&listener);
-        let deadline = Instant::now() + TIMEOUT;
-        while Instant::now() < deadline && conn.write_all(b"~").is_ok() {
+        let deadline = Instant::now() + 3 * TIMEOUT;
+        while !trickling.load(std::sync::atomic::Ordering::Relaxed)
+            && Instant::now() < deadline
+            && conn.write_all(b"~").is_ok()
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
     });
     let port = addr.port().to_string();
     let args = ["127.0.0.1", &port, "--mode", "stream", "--timeout", "2"];
     let input = payload(64 << 20, 6);
-    let done = Client::run(&args, &input, TIMEOUT).unwrap();
+    let done = Client::run(&args, &input, 2 * TIMEOUT);
+    client_done.store(true, std::sync::atomic::Ordering::Relaxed);
     trickler.join().unwrap();
+    let done = done.unwrap();
     // While the server trickles on: the write timed out, not the read.
     done.expect_error(1, &[&format!("server {addr} timed out: took no data for 2 s (sent ")])
         .unwrap();
