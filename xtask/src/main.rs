@@ -20,8 +20,9 @@ commands:
   e2e   the seed's scenario, step by step: three clients, four processes,
         exact echoes, tagged logs, every child reaped, clean SIGTERM exit
   ci    the whole gate: fmt, clippy, docs, tests, e2e, stress --quick
-        in fork mode and in pool mode (--prefork 4)
-  stress [--quick] [--prefork N [--connections-per-child M]]
+        in fork mode and in pool mode (--prefork 4), with children
+        accepting and with the parent handing connections over
+  stress [--quick] [--prefork N [--connections-per-child M] [--parent-accepts]]
         the real server under load, a few minutes (--quick: under one):
         churn with resets, held connections, slow and idle clients, a
         connect flood with latency probes, a stalled log reader, signals;
@@ -105,9 +106,15 @@ fn ci() -> bool {
     if !stress::run(&["--quick".to_owned()]) {
         return false;
     }
-    // The same in pool mode, whose children outlive their connections.
+    // The same in pool mode, whose children outlive their connections: with
+    // idle children accepting, then with the parent handing connections over
+    // (as it does when a per-address policy is set).
     println!("==> stress --quick --prefork 4");
-    stress::run(&["--quick", "--prefork", "4"].map(str::to_owned))
+    if !stress::run(&["--quick", "--prefork", "4"].map(str::to_owned)) {
+        return false;
+    }
+    println!("==> stress --quick --prefork 4 --parent-accepts");
+    stress::run(&["--quick", "--prefork", "4", "--parent-accepts"].map(str::to_owned))
 }
 
 /// Whether this runs under CI (`CI=true`), where every test must run: CI runs

@@ -1,4 +1,4 @@
-//! `cargo xtask stress [--quick] [--prefork N [--connections-per-child M]]`:
+//! `cargo xtask stress [--quick] [--prefork N [--connections-per-child M] [--parent-accepts]]`:
 //! the real `echo-server` under load on loopback, phase by phase, with a
 //! table of figures; with `--prefork`, every server runs in pool mode.
 //!
@@ -47,8 +47,7 @@ use monitor::{Footprint, Monitor, Watch};
 use report::{Footprints, Row};
 
 /// The usage line.
-pub(crate) const USAGE: &str =
-    "usage: cargo xtask stress [--quick] [--prefork N [--connections-per-child M]]";
+pub(crate) const USAGE: &str = "usage: cargo xtask stress [--quick] [--prefork N [--connections-per-child M] [--parent-accepts]]";
 
 /// How much of each phase to run.
 #[derive(Debug, Clone, Copy)]
@@ -137,23 +136,26 @@ pub(crate) fn run(args: &[String]) -> bool {
     run.finish(started.elapsed())
 }
 
-/// Reads `[--quick] [--prefork N [--connections-per-child M]]`.
+/// Reads `[--quick] [--prefork N [--connections-per-child M] [--parent-accepts]]`.
 fn parse(args: &[String]) -> Option<(Scale, Option<Pool>)> {
     let mut scale = FULL;
-    let (mut spares, mut per_child) = (None, None);
+    let (mut spares, mut per_child, mut parent_accepts) = (None, None, false);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => scale = QUICK,
             "--prefork" => spares = Some(args.next()?.parse().ok().filter(|&n: &usize| n > 0)?),
             "--connections-per-child" => per_child = Some(args.next()?.parse().ok()?),
+            "--parent-accepts" => parent_accepts = true,
             _ => return None,
         }
     }
-    match (spares, per_child) {
-        (None, Some(_)) => None,
-        (None, None) => Some((scale, None)),
-        (Some(spares), per_child) => Some((scale, Some(Pool { spares, per_child }))),
+    match (spares, per_child, parent_accepts) {
+        (None, Some(_), _) | (None, _, true) => None,
+        (None, None, false) => Some((scale, None)),
+        (Some(spares), per_child, parent_accepts) => {
+            Some((scale, Some(Pool { spares, per_child, parent_accepts })))
+        }
     }
 }
 
@@ -164,6 +166,11 @@ struct Pool {
     spares: usize,
     /// `--connections-per-child M`, if given.
     per_child: Option<u32>,
+    /// The parent accepts and hands each connection over, as it does when a
+    /// per-address policy needs to see each one: the server gets a limit
+    /// per address too high to matter (idle members accept for themselves
+    /// otherwise).
+    parent_accepts: bool,
 }
 
 impl Pool {
@@ -172,6 +179,9 @@ impl Pool {
         let mut args = vec!["--prefork".to_owned(), self.spares.to_string()];
         if let Some(m) = self.per_child {
             args.extend(["--connections-per-child".to_owned(), m.to_string()]);
+        }
+        if self.parent_accepts {
+            args.extend(["--max-per-ip".to_owned(), u32::MAX.to_string()]);
         }
         args
     }
@@ -817,7 +827,8 @@ impl Run {
     }
 
     /// Prints the report, writes it to `target/stress.md` (pool mode:
-    /// `target/stress-prefork.md`); true if it passed.
+    /// `target/stress-prefork.md`, or `target/stress-prefork-parent.md` with
+    /// `--parent-accepts`); true if it passed.
     fn finish(self, elapsed: Duration) -> bool {
         let verdict = if self.failures.is_empty() { "PASS" } else { "FAIL" };
         let mut text = format!(
@@ -849,7 +860,11 @@ impl Run {
             }
         }
         println!("\n{text}");
-        let name = if self.pool.is_some() { "stress-prefork.md" } else { "stress.md" };
+        let name = match self.pool {
+            Some(pool) if pool.parent_accepts => "stress-prefork-parent.md",
+            Some(_) => "stress-prefork.md",
+            None => "stress.md",
+        };
         let path = integration_tests::workspace_root().join("target").join(name);
         let written = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
             .and_then(|()| std::fs::write(&path, &text));

@@ -66,6 +66,30 @@ pub trait Admit {
     fn release(&mut self, peer: SocketAddr) {
         let _ = peer;
     }
+
+    /// Whether this policy serves every peer, at any time, and counts
+    /// nothing ([`Admit::release`] does nothing): then it need not see each
+    /// connection, and in pool mode ([`Server::prefork`](crate::Server::prefork))
+    /// the children accept connections themselves, without the parent on
+    /// the connection's path. Default `false`: a policy is asked about
+    /// every connection.
+    fn admits_everyone(&self) -> bool {
+        false
+    }
+}
+
+/// The default policy: serve everyone.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ServeAll;
+
+impl Admit for ServeAll {
+    fn admit(&mut self, _peer: SocketAddr) -> Verdict {
+        Verdict::Serve
+    }
+
+    fn admits_everyone(&self) -> bool {
+        true
+    }
 }
 
 impl<F: FnMut(SocketAddr) -> Verdict> Admit for F {

@@ -71,6 +71,19 @@ pub enum Event<'a> {
         /// The client's address.
         peer: SocketAddr,
     },
+    /// Pool mode, once at start, after [`Event::Listening`]: how connections
+    /// reach the pre-forked children (info).
+    Pool {
+        /// Idle children kept ready.
+        spares: usize,
+        /// Connections a child serves before it exits; 0 for no limit.
+        per_child: u32,
+        /// Idle children accept connections on the listeners themselves
+        /// (the admission policy admits everyone and no PROXY header is
+        /// read); otherwise the parent accepts each one, decides, and hands
+        /// it over.
+        members_accept: bool,
+    },
     /// Pool mode: a child was forked ahead of connections and waits for one
     /// (debug).
     Preforked {
@@ -302,6 +315,14 @@ impl Event<'_> {
             }
             Self::Proxied { peer, balancer } => {
                 debug!(%peer, %balancer, "PROXY header: the client is {peer}");
+            }
+            Self::Pool { spares, per_child, members_accept } => {
+                let how = if members_accept {
+                    "idle children accept connections themselves"
+                } else {
+                    "the parent accepts and hands each connection over"
+                };
+                info!(spares, per_child, members_accept, "pre-forked pool: {how}");
             }
             Self::Preforked { pid } => debug!(pid = pid.as_raw(), "forked a spare child"),
             Self::Served { pid, peer, code } => {

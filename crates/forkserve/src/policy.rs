@@ -264,6 +264,11 @@ impl Admit for Policy {
             }
         }
     }
+
+    /// No access rule, no limit per source, no rate.
+    fn admits_everyone(&self) -> bool {
+        self.rules.is_empty() && self.max_per_source.is_none() && self.rate.is_none()
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,20 @@
-//! Pre-forked children: forked ahead of connections, each waits on its own
-//! hand-off channel; the parent accepts, decides, and hands the connection
-//! over (`SCM_RIGHTS`), so the fork is off the connection's path while every
-//! decision (admission, limits, logs) stays in the parent, as in fork mode.
+//! Pre-forked children: forked ahead of connections, so the fork is off the
+//! connection's path. Two ways to bring a member its connections:
 //!
-//! A child that may serve another connection reports each one's end on a
-//! datagram socket all children share, so the parent knows it is idle again
-//! and can release its client's admission.
+//! - **Members accept** (when no decision needs the parent: the admission
+//!   policy [admits everyone](crate::Admit::admits_everyone) and no PROXY
+//!   header is read): each idle member waits on the listeners itself, one
+//!   woken per connection (`EPOLLEXCLUSIVE`), and accepts; the parent is off
+//!   the connection's path altogether.
+//! - **The parent hands over**: the parent accepts, decides, and passes the
+//!   connection to an idle member over that member's own channel
+//!   (`SCM_RIGHTS`), so every decision (admission, limits) stays in the
+//!   parent, as in fork mode.
+//!
+//! Either way each member reports on a datagram socket all members share:
+//! a connection it took itself when it takes it (the parent counts, logs and
+//! keeps the pool full), and a connection's end when it may serve another
+//! (the parent knows it is idle again and releases its client's admission).
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream};
@@ -13,7 +22,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixDatagram;
 use std::time::Instant;
 
-use procmgr::{ChildPid, CloseList, Handoff};
+use netcore::{Listener, Recovery};
+use procmgr::{ChildPid, CloseList, Handoff, SharedWait};
 use tracing::warn;
 
 use crate::child::ChildSetup;
@@ -47,6 +57,15 @@ impl Job {
         }
     }
 
+    /// The client being served, if the admission policy admitted it (and so
+    /// must release it).
+    pub(crate) fn admitted_peer(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Conn(peer) => Some(*peer),
+            Self::Member(member) => member.serving.filter(|_| member.admitted),
+        }
+    }
+
     /// The parent's end of a member's channel, while it is open.
     pub(crate) fn channel(&self) -> Option<BorrowedFd<'_>> {
         match self {
@@ -64,19 +83,26 @@ pub(crate) struct Member {
     pub(crate) channel: Option<Handoff>,
     /// The client it is serving.
     pub(crate) serving: Option<SocketAddr>,
+    /// That client was admitted by the policy (handed over by the parent),
+    /// not accepted by the member itself: the policy owes it a release.
+    pub(crate) admitted: bool,
 }
 
 /// The parent's side of the pool.
 #[derive(Debug)]
 pub(crate) struct Pool {
     pub(crate) settings: PoolSettings,
+    /// Members accept connections on the listeners themselves.
+    pub(crate) members_accept: bool,
     /// Where members report a connection's end: the parent's end,
     /// non-blocking.
     reports: UnixDatagram,
     /// The members' end, inherited by each.
     members_end: UnixDatagram,
     /// Idle members, the most recently idle last (handed the next
-    /// connection: its memory is the warmest).
+    /// connection: its memory is the warmest), as far as the parent knows:
+    /// when members accept, one may have taken a connection whose report is
+    /// not read yet.
     pub(crate) idle: Vec<ChildPid>,
     /// Members serving a connection.
     pub(crate) busy: usize,
@@ -91,22 +117,31 @@ pub(crate) struct Pool {
     pub(crate) siblings: CloseList,
 }
 
-/// One member's report: its pid and the connection's exit code.
-const REPORT_LEN: usize = 8;
+/// One member's report: what it is, the member's pid, then an address or an
+/// exit code.
+const REPORT_LEN: usize = 1 + 4 + ADDR_LEN;
 
-/// A connection's end, as a member reported it.
+/// What a member reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Report {
-    pub(crate) pid: i32,
-    pub(crate) code: i32,
+pub(crate) enum Report {
+    /// It accepted a connection from `peer` itself, and serves it now.
+    Took { pid: i32, peer: SocketAddr },
+    /// It finished a connection, whose work returned `code`, and waits for
+    /// the next.
+    Ended { pid: i32, code: i32 },
 }
 
 impl Pool {
-    pub(crate) fn new(settings: PoolSettings, capacity: usize) -> io::Result<Self> {
+    pub(crate) fn new(
+        settings: PoolSettings,
+        members_accept: bool,
+        capacity: usize,
+    ) -> io::Result<Self> {
         let (reports, members_end) = UnixDatagram::pair()?;
         reports.set_nonblocking(true)?;
         Ok(Self {
             settings,
+            members_accept,
             reports,
             members_end,
             // Reserved once: the loop never grows it per connection.
@@ -128,8 +163,13 @@ impl Pool {
         let mut bytes = [0_u8; REPORT_LEN];
         loop {
             match self.reports.recv(&mut bytes) {
-                Ok(REPORT_LEN) => return Ok(Some(Report::decode(bytes))),
-                // Nothing else writes there; a short datagram is skipped.
+                // Only members write there: a report that does not decode is
+                // skipped, as is a short one.
+                Ok(REPORT_LEN) => {
+                    if let Some(report) = Report::decode(bytes) {
+                        return Ok(Some(report));
+                    }
+                }
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -147,16 +187,35 @@ impl Pool {
 }
 
 impl Report {
+    const TOOK: u8 = 1;
+    const ENDED: u8 = 2;
+
     fn encode(self) -> [u8; REPORT_LEN] {
         let mut bytes = [0; REPORT_LEN];
-        bytes[..4].copy_from_slice(&self.pid.to_le_bytes());
-        bytes[4..].copy_from_slice(&self.code.to_le_bytes());
+        let (kind, pid) = match self {
+            Self::Took { pid, peer } => {
+                put(peer, &mut bytes[5..]);
+                (Self::TOOK, pid)
+            }
+            Self::Ended { pid, code } => {
+                bytes[5..9].copy_from_slice(&code.to_le_bytes());
+                (Self::ENDED, pid)
+            }
+        };
+        bytes[0] = kind;
+        bytes[1..5].copy_from_slice(&pid.to_le_bytes());
         bytes
     }
 
-    fn decode(bytes: [u8; REPORT_LEN]) -> Self {
-        let [a, b, c, d, e, f, g, h] = bytes;
-        Self { pid: i32::from_le_bytes([a, b, c, d]), code: i32::from_le_bytes([e, f, g, h]) }
+    fn decode(bytes: [u8; REPORT_LEN]) -> Option<Self> {
+        let pid = i32::from_le_bytes(bytes[1..5].try_into().ok()?);
+        match bytes[0] {
+            Self::TOOK => Some(Self::Took { pid, peer: get(&bytes[5..])? }),
+            Self::ENDED => {
+                Some(Self::Ended { pid, code: i32::from_le_bytes(bytes[5..9].try_into().ok()?) })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -219,14 +278,105 @@ fn get(bytes: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// Where a member's next connection comes from.
+enum Next {
+    /// The parent handed it over (already counted and logged there).
+    Handed(TcpStream, SocketAddr, SocketAddr),
+    /// The member accepted it itself: to report.
+    Took(TcpStream, SocketAddr, SocketAddr),
+    /// Nothing after all (another process took the connection, or a
+    /// signal): wait again.
+    Again,
+    /// The member is done: exit with this code.
+    Exit(i32),
+}
+
+/// What a member waits on when it accepts connections itself: its channel
+/// (index 0) and the listeners (1 onwards).
+struct Sources<'a> {
+    wait: SharedWait,
+    listeners: &'a [Listener],
+}
+
+impl<'a> Sources<'a> {
+    const CHANNEL: usize = 0;
+
+    fn new(channel: &Handoff, listeners: &'a [Listener]) -> Result<Self, procmgr::ProcError> {
+        let mut wait = SharedWait::new()?;
+        wait.add(channel.as_fd())?;
+        for listener in listeners {
+            wait.add_shared(listener.as_fd())?;
+        }
+        Ok(Self { wait, listeners })
+    }
+
+    /// Waits for the channel (the parent's word comes first: a connection
+    /// for this member, or the end of file that retires it) or a connection
+    /// on a listener, and takes it.
+    fn next(&self, channel: &Handoff, message: &mut [u8; MESSAGE_LEN]) -> Next {
+        let ready = match self.wait.wait() {
+            Ok(ready) => ready,
+            Err(err) => {
+                warn!(error = chain(&err), "cannot wait for connections");
+                return Next::Exit(SETUP_FAILED);
+            }
+        };
+        if ready.is_ready(Self::CHANNEL) {
+            return handed(channel, message);
+        }
+        let Some(index) = (0..self.listeners.len()).find(|i| ready.is_ready(Self::CHANNEL + 1 + i))
+        else {
+            return Next::Again;
+        };
+        let listener = &self.listeners[index];
+        match listener.accept() {
+            Ok((stream, peer)) => Next::Took(stream, peer, listener.local_addr()),
+            Err(err) => match err.recovery() {
+                Recovery::Drained | Recovery::Retry => Next::Again,
+                // The parent stopped the listener at shutdown.
+                _ if err.is_stopped_listener() => Next::Exit(0),
+                // Out of descriptors or memory: this member gives up (the
+                // parent replaces it after its back-off, and accepts itself
+                // when no member is idle).
+                _ => {
+                    warn!(error = chain(&err), "cannot accept a connection");
+                    Next::Exit(SETUP_FAILED)
+                }
+            },
+        }
+    }
+}
+
+/// The next connection the parent hands over, or the channel's end.
+fn handed(channel: &Handoff, message: &mut [u8; MESSAGE_LEN]) -> Next {
+    match channel.recv(message) {
+        Ok(Some((fd, len))) => match decode(&message[..len]) {
+            Some((peer, listener)) => Next::Handed(TcpStream::from(fd), peer, listener),
+            None => {
+                warn!(len, "the parent handed over a connection without its addresses");
+                Next::Exit(SETUP_FAILED)
+            }
+        },
+        Ok(None) => Next::Exit(0),
+        Err(err) => {
+            warn!(error = chain(&err), "cannot receive a connection from the parent");
+            Next::Exit(SETUP_FAILED)
+        }
+    }
+}
+
 /// The member's side, in a new child whose other descriptors are already
-/// closed: set the process up once, then serve each connection handed over,
-/// reporting each one's end, until the connection limit or until the parent
-/// closes the channel (end of file: exit 0). Returns the exit code: that of
-/// the last connection's work.
+/// closed: set the process up once, then serve each connection, reporting
+/// those it took itself and each one's end, until the connection limit or
+/// until the parent closes the channel (end of file: exit 0). `listeners` is
+/// where it accepts (empty when the parent hands everything over); `handed`
+/// says the parent hands it its first connection. Returns the exit code: that
+/// of the last connection's work.
 pub(crate) fn member(
     channel: &Handoff,
     pool: &Pool,
+    listeners: &[Listener],
+    handed_first: bool,
     setup: &ChildSetup,
     work: &mut impl FnMut(Connection) -> i32,
 ) -> i32 {
@@ -234,24 +384,39 @@ pub(crate) fn member(
         warn!(error = chain(&err), "cannot set up the child");
         return SETUP_FAILED;
     }
+    let sources = if listeners.is_empty() {
+        None
+    } else {
+        match Sources::new(channel, listeners) {
+            Ok(sources) => Some(sources),
+            Err(err) => {
+                warn!(error = chain(&err), "cannot wait for connections");
+                return SETUP_FAILED;
+            }
+        }
+    };
     let per_child = pool.settings.per_child;
     let me = std::process::id();
     let pid = i32::try_from(me).unwrap_or(i32::MAX);
     let mut served: u32 = 0;
     let mut message = [0_u8; MESSAGE_LEN];
+    let mut expect_handed = handed_first;
     loop {
-        let (fd, len) = match channel.recv(&mut message) {
-            Ok(Some(received)) => received,
-            Ok(None) => return 0,
-            Err(err) => {
-                warn!(error = chain(&err), "cannot receive a connection from the parent");
-                return SETUP_FAILED;
-            }
+        let next = match &sources {
+            Some(sources) if !expect_handed => sources.next(channel, &mut message),
+            _ => handed(channel, &mut message),
         };
-        let stream = TcpStream::from(fd);
-        let Some((peer, listener)) = decode(&message[..len]) else {
-            warn!(len, "the parent handed over a connection without its addresses");
-            return SETUP_FAILED;
+        expect_handed = false;
+        let (stream, peer, listener) = match next {
+            Next::Handed(stream, peer, listener) => (stream, peer, listener),
+            Next::Took(stream, peer, listener) => {
+                // Before serving, so the parent counts a long connection as
+                // one; if the parent is gone, the client is served anyway.
+                let _ = pool.members_end.send(&Report::Took { pid, peer }.encode());
+                (stream, peer, listener)
+            }
+            Next::Again => continue,
+            Next::Exit(code) => return code,
         };
         let code = setup.serve(me, stream, peer, listener, work);
         served = served.saturating_add(1);
@@ -259,7 +424,7 @@ pub(crate) fn member(
             return code;
         }
         // The parent is gone if this fails: nothing more will come.
-        if pool.members_end.send(&Report { pid, code }.encode()).is_err() {
+        if pool.members_end.send(&Report::Ended { pid, code }.encode()).is_err() {
             return code;
         }
     }
@@ -293,8 +458,17 @@ mod tests {
 
     #[test]
     fn reports_survive_the_wire() {
-        for report in [Report { pid: 1, code: 0 }, Report { pid: i32::MAX, code: -1 }] {
-            assert_eq!(Report::decode(report.encode()), report);
+        let peer = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 65535, 1, 2));
+        for report in [
+            Report::Ended { pid: 1, code: 0 },
+            Report::Ended { pid: i32::MAX, code: -1 },
+            Report::Took { pid: 7, peer },
+            Report::Took { pid: 8, peer: "127.0.0.1:1".parse().unwrap() },
+        ] {
+            assert_eq!(Report::decode(report.encode()), Some(report));
         }
+        let mut unknown = Report::Ended { pid: 1, code: 0 }.encode();
+        unknown[0] = 0;
+        assert_eq!(Report::decode(unknown), None, "an unknown kind");
     }
 }

@@ -14,12 +14,12 @@ use crate::event::Observer;
 use crate::pool::PoolSettings;
 use crate::proxy::{DEFAULT_TIMEOUT, ProxySettings};
 use crate::supervisor::{Parts, Settings, Supervisor};
-use crate::{Admit, Cidr, Connection, Event, ServeError, Verdict};
+use crate::{Admit, Cidr, Connection, Event, ServeError};
 
 /// Replies a second per source address, by default, for datagrams.
 const DEFAULT_DATAGRAM_RATE: u32 = 10;
 
-/// The shortest pause the loop takes (a back-off, a [`Verdict::Wait`]): a
+/// The shortest pause the loop takes (a back-off, a [`Verdict::Wait`](crate::Verdict::Wait)): a
 /// zero pause would make it spin.
 pub(crate) const MIN_PAUSE: Duration = Duration::from_millis(1);
 
@@ -167,7 +167,7 @@ impl Server {
             listeners,
             signals,
             settings: Settings::default(),
-            admit: Box::new(|_| Verdict::Serve),
+            admit: Box::new(crate::admit::ServeAll),
             observer: None,
             spares: 0,
             per_child: 1,

@@ -148,10 +148,14 @@ pub(crate) struct Supervisor<W> {
 impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     pub(crate) fn new(parts: Parts, work: W) -> Result<Self, ServeError> {
         let Parts { listeners, signals, settings, admit, observer, child, datagrams } = parts;
+        // Members accept connections themselves when no decision needs the
+        // parent: no per-peer policy, no PROXY header to read first.
+        let members_accept = admit.admits_everyone() && settings.proxy.is_none();
         let pool = match settings.prefork {
-            Some(prefork) => {
-                Some(Pool::new(prefork, settings.max_children).map_err(ServeError::Prefork)?)
-            }
+            Some(prefork) => Some(
+                Pool::new(prefork, members_accept, settings.max_children)
+                    .map_err(ServeError::Prefork)?,
+            ),
             None => None,
         };
         // The loop's one poll holds the listeners, the pool's reports and the
@@ -220,6 +224,11 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         for addr in self.listeners.iter().map(Listener::local_addr).collect::<Vec<_>>() {
             self.report(&Event::Listening { addr });
         }
+        if let Some(pool) = &self.pool {
+            let (settings, members_accept) = (pool.settings, pool.members_accept);
+            let (spares, per_child) = (settings.spares, settings.per_child);
+            self.report(&Event::Pool { spares, per_child, members_accept });
+        }
         // The last wait found nothing to do. Spares are forked only then: a
         // connection already waiting is served first, not held up by a fork
         // (when none is idle it gets a child forked for it anyway).
@@ -247,7 +256,9 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             }
             self.tend_pool(now, quiet);
             self.look_at_pending(now, |_| false)?;
-            let accepting = self.may_accept();
+            // Idle members that accept for themselves leave the listeners to
+            // them; the parent accepts only when none is idle.
+            let accepting = self.may_accept() && !self.members_take_connections();
             let timeout = self.next_deadline(now);
             let watched = self.listeners.iter().map(|l| accepting.then(|| l.as_fd()));
             let reports = self.pool.as_ref().map(Pool::reports_fd);
@@ -321,6 +332,11 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         !full
     }
 
+    /// Whether idle pool members are accepting connections themselves.
+    fn members_take_connections(&self) -> bool {
+        self.pool.as_ref().is_some_and(|pool| pool.members_accept && !pool.idle.is_empty())
+    }
+
     /// How long until the loop must wake up without any event.
     fn next_deadline(&self, now: Instant) -> Option<Duration> {
         let shutdown = match self.shutdown {
@@ -356,10 +372,13 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         self.pool.as_ref().map_or(self.children.len(), |pool| pool.busy)
     }
 
-    /// Pool upkeep, once per turn of the loop: on a turn that follows a wait
-    /// that found nothing ready (`quiet`), forks one spare if the pool is
+    /// Pool upkeep, once per turn of the loop: forks one spare if the pool is
     /// short (one per turn, with a wait between forks that serves whatever
-    /// arrived); on any turn, retires
+    /// arrived), when the parent hands connections over only on a turn that
+    /// follows a wait that found nothing ready (`quiet`: a connection waiting
+    /// gets a member forked for it anyway), when members accept on any turn
+    /// (they take connections only while idle ones exist); on any turn,
+    /// retires
     /// the idle members beyond twice the spares once they have been idle for
     /// [`TRIM_AFTER`].
     fn tend_pool(&mut self, now: Instant, quiet: bool) {
@@ -368,7 +387,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             return;
         }
         let due = pool.refill_after.is_none_or(|after| now >= after);
-        if quiet && due && self.pool_short(pool) {
+        if (quiet || pool.members_accept) && due && self.pool_short(pool) {
             if let Err(error) = self.fork_member(None) {
                 self.stats.fork_failures += 1;
                 let (pause, first) = (self.settings.backoff, self.fork_trouble.failed());
@@ -418,18 +437,21 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         let pid = procmgr::fork_child(|| {
             // In the child: besides what every child closes, the other
             // members' channels, this member's parent end and the parent's
-            // end of the reports are the parent's business.
+            // end of the reports are the parent's business; so are the
+            // listeners, unless members accept on them.
             pool.siblings.close();
             let pool_ends = [ours.as_fd(), pool.reports_fd()];
             let parents = connection.into_iter().chain(pool_ends);
-            close_the_parents(listeners, pending, held, parents);
-            pool::member(&theirs, pool, child, work)
+            let keep_listeners = pool.members_accept;
+            close_the_parents((!keep_listeners).then_some(&mut *listeners), pending, held, parents);
+            let handed_first = connection.is_some();
+            pool::member(&theirs, pool, listeners, handed_first, child, work)
         })?;
         drop(theirs);
         if let Some(failures) = self.fork_trouble.recovered() {
             self.report(&Event::ForkResumed { failures });
         }
-        let member = Member { channel: Some(ours), serving: None };
+        let member = Member { channel: Some(ours), serving: None, admitted: false };
         self.children.insert(pid, Job::Member(member));
         if let Some(pool) = &mut self.pool {
             pool.idle.push(pid);
@@ -439,33 +461,73 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         Ok(pid)
     }
 
-    /// Reads what pool members reported: each connection's end makes its
-    /// member idle again (or retires it), and releases its client.
+    /// Reads what pool members reported: a connection a member took itself
+    /// makes it busy; each connection's end makes its member idle again (or
+    /// retires it), and releases its client.
     fn drain_reports(&mut self) -> Result<(), ServeError> {
+        self.drain_reports_for(None)
+    }
+
+    /// [`drain_reports`](Self::drain_reports), also applying reports from a
+    /// member just reaped (`gone`, already out of the registry): one that
+    /// took a connection and exited at once is reaped as serving it.
+    fn drain_reports_for(
+        &mut self,
+        mut gone: Option<(ChildPid, &mut Member)>,
+    ) -> Result<(), ServeError> {
         loop {
             let Some(pool) = &self.pool else { return Ok(()) };
-            let Some(Report { pid, code }) = pool.next_report().map_err(ServeError::Prefork)?
-            else {
+            let Some(report) = pool.next_report().map_err(ServeError::Prefork)? else {
                 return Ok(());
             };
+            let (Report::Took { pid, .. } | Report::Ended { pid, .. }) = report;
             let Some(pid) = ChildPid::from_raw(pid) else { continue };
-            let Some(Job::Member(member)) = self.children.get_mut(pid) else { continue };
-            let Some(peer) = member.serving.take() else { continue };
-            let open = member.channel.is_some();
-            let exit = ChildExit::Exited(code);
-            self.stats.count_exit(exit);
-            if self.shutdown.is_some() {
-                self.summary.count(exit);
-            }
-            self.admit.release(peer);
-            if let Some(pool) = &mut self.pool {
-                pool.busy = pool.busy.saturating_sub(1);
-                if open {
-                    pool.idle.push(pid);
+            let member = match &mut gone {
+                Some((gone_pid, member)) if *gone_pid == pid => &mut **member,
+                _ => match self.children.get_mut(pid) {
+                    Some(Job::Member(member)) => member,
+                    _ => continue,
+                },
+            };
+            match report {
+                Report::Took { peer, .. } => {
+                    // One connection at a time: a member reports each end
+                    // before it takes the next.
+                    if member.serving.is_some() {
+                        continue;
+                    }
+                    member.serving = Some(peer);
+                    member.admitted = false;
+                    if let Some(pool) = &mut self.pool {
+                        pool.forget_idle(pid);
+                        pool.busy += 1;
+                    }
+                    self.stats.accepted += 1;
+                    self.report(&Event::Accepted { pid, peer });
+                    self.report_status();
+                }
+                Report::Ended { code, .. } => {
+                    let Some(peer) = member.serving.take() else { continue };
+                    let admitted = std::mem::take(&mut member.admitted);
+                    let open = member.channel.is_some();
+                    let exit = ChildExit::Exited(code);
+                    self.stats.count_exit(exit);
+                    if self.shutdown.is_some() {
+                        self.summary.count(exit);
+                    }
+                    if admitted {
+                        self.admit.release(peer);
+                    }
+                    if let Some(pool) = &mut self.pool {
+                        pool.busy = pool.busy.saturating_sub(1);
+                        if open {
+                            pool.idle.push(pid);
+                        }
+                    }
+                    self.report(&Event::Served { pid, peer, code });
+                    self.report_status();
                 }
             }
-            self.report(&Event::Served { pid, peer, code });
-            self.report_status();
         }
     }
 
@@ -507,9 +569,18 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
 
     /// Reaps every child that has exited, reporting how each one ended.
     fn reap(&mut self) -> Result<(), ServeError> {
-        while let Some(reaped) = self.children.reap().map_err(ServeError::Reap)? {
+        while let Some(mut reaped) = self.children.reap().map_err(ServeError::Reap)? {
             let (pid, exit) = (reaped.pid, reaped.exit);
+            // A member that accepted a connection itself reported it before
+            // it could exit: a report still unread is read now, so the
+            // connection is not taken for a spare's quiet end.
+            if let Some(Job::Member(member)) = &mut reaped.info {
+                if member.serving.is_none() {
+                    self.drain_reports_for(Some((pid, member)))?;
+                }
+            }
             let peer = reaped.info.as_ref().and_then(Job::peer);
+            let admitted = reaped.info.as_ref().and_then(Job::admitted_peer);
             if let (Some(pool), Some(Job::Member(_))) = (&mut self.pool, &reaped.info) {
                 if peer.is_some() {
                     pool.busy = pool.busy.saturating_sub(1);
@@ -531,7 +602,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             if self.shutdown.is_some() {
                 self.summary.count(exit);
             }
-            if let Some(peer) = peer {
+            if let Some(peer) = admitted {
                 self.admit.release(peer);
             }
             self.report(&Event::Reaped { pid, peer, exit });
@@ -565,6 +636,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 self.summary.running = children;
                 self.summary.served = self.stats.accepted;
                 // Each event is reported once what it says has happened.
+                self.stop_listeners();
                 self.listeners.clear();
                 self.datagrams = None;
                 self.close_pool();
@@ -617,6 +689,25 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             self.report(&Event::BacklogFinished { connections: finished });
         }
         Ok(())
+    }
+
+    /// At shutdown, when pool members hold copies of the listeners (to
+    /// accept on them): stops the sockets themselves, so a member still
+    /// serving a connection does not keep them listening, with new clients
+    /// queued and never served. Not a socket inherited from a service
+    /// manager, which goes on listening on it after this server.
+    fn stop_listeners(&mut self) {
+        if !self.pool.as_ref().is_some_and(|pool| pool.members_accept) {
+            return;
+        }
+        for listener in self.listeners.iter().filter(|l| !l.is_inherited()) {
+            if let Err(error) = listener.stop_listening() {
+                tracing::warn!(
+                    error = crate::error::chain(&error),
+                    "children serving connections keep the listener open until they end"
+                );
+            }
+        }
     }
 
     /// At shutdown: closes every member's channel, so idle members exit now
@@ -902,7 +993,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         let forked = procmgr::fork_child(|| {
             // In the child, on its own copy of memory: the parent's sockets
             // are the parent's business, so close them first; then serve.
-            close_the_parents(listeners, pending, held, std::iter::empty());
+            close_the_parents(Some(listeners), pending, held, std::iter::empty());
             let Some(stream) = stream.take() else { return crate::SETUP_FAILED };
             child.run(stream, peer, listener, work)
         });
@@ -951,7 +1042,13 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     fn dispatch(&mut self, held: Held) -> Result<(), ServeError> {
         let message = pool::encode(held.peer, held.listener);
         loop {
-            let idle = self.pool.as_mut().and_then(|pool| pool.idle.pop());
+            // When members accept, an idle one may be taking a connection of
+            // its own right now: the parent's goes to a member forked for it.
+            let idle = self
+                .pool
+                .as_mut()
+                .filter(|pool| !pool.members_accept)
+                .and_then(|pool| pool.idle.pop());
             let (pid, fresh) = match idle {
                 Some(pid) => (pid, false),
                 None => match self.fork_member(Some(held.stream.as_fd())) {
@@ -967,6 +1064,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             match channel.send(held.stream.as_fd(), &message) {
                 Ok(()) => {
                     member.serving = Some(held.peer);
+                    member.admitted = held.admitted;
                     if let Some(pool) = &mut self.pool {
                         pool.busy += 1;
                     }
@@ -1024,7 +1122,7 @@ impl<W> Drop for Supervisor<W> {
     }
 }
 
-/// In a new child, whatever its kind: closes the parent's listeners, the
+/// In a new child, whatever its kind: closes the parent's listeners (if given), the
 /// connections the parent holds (balancers' connections waiting for their
 /// header, one held back) and `more` of the parent's descriptors. A child
 /// that kept one of those connections would keep it open after the parent is
@@ -1032,12 +1130,14 @@ impl<W> Drop for Supervisor<W> {
 /// writing to the parent's memory (but for the listeners' vector), so no
 /// page of it is copied.
 fn close_the_parents<'fd>(
-    listeners: &mut Vec<Listener>,
+    listeners: Option<&mut Vec<Listener>>,
     pending: &'fd [Pending],
     held: Option<&'fd Held>,
     more: impl IntoIterator<Item = BorrowedFd<'fd>>,
 ) {
-    listeners.clear();
+    if let Some(listeners) = listeners {
+        listeners.clear();
+    }
     let waiting = pending.iter().map(|p| p.stream.as_fd());
     let held = held.map(|h| h.stream.as_fd());
     procmgr::close_in_child(waiting.chain(held).chain(more));

@@ -67,6 +67,15 @@ pub enum NetError {
         #[source]
         source: io::Error,
     },
+    /// A listener could not be made to stop listening.
+    #[error("cannot stop listening on {local}")]
+    Shutdown {
+        /// The listener's address.
+        local: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// An inherited descriptor is not a usable listening TCP socket.
     #[error("inherited descriptor is not a listening TCP socket")]
     Inherit {
@@ -195,12 +204,21 @@ impl NetError {
             | Self::Listen { source, .. }
             | Self::Accept { source, .. }
             | Self::Mode { source, .. }
+            | Self::Shutdown { source, .. }
             | Self::Inherit { source }
             | Self::Resolve { source, .. }
             | Self::Connect { source, .. }
             | Self::Reset { source, .. } => source,
             Self::ConnectAll { attempts, .. } => attempts.last().io_error(),
         }
+    }
+
+    /// Whether this is an accept that failed because the socket no longer
+    /// listens (`EINVAL`): [`Listener::stop_listening`](crate::Listener::stop_listening)
+    /// was called on it, by this process or another that shares it.
+    #[must_use]
+    pub fn is_stopped_listener(&self) -> bool {
+        matches!(self, Self::Accept { source, .. } if source.raw_os_error() == Some(libc::EINVAL))
     }
 
     /// Classifies an accept failure for the caller's loop; see [`Recovery`].

@@ -21,6 +21,8 @@ pub const DEFAULT_BACKLOG: i32 = 128;
 pub struct Listener {
     inner: Socket,
     local: SocketAddr,
+    /// Adopted from a descriptor ([`Listener::from_fd`]), not bound here.
+    inherited: bool,
 }
 
 /// How [`Listener::bind_with`] sets a listener up.
@@ -92,7 +94,7 @@ impl Listener {
         socket.listen(backlog).map_err(|source| NetError::Listen { addr, source })?;
         let local = bound_addr(&socket).map_err(|source| NetError::Listen { addr, source })?;
         tracing::trace!(%local, backlog, "bound and listening");
-        Ok(Self { inner: socket, local })
+        Ok(Self { inner: socket, local, inherited: false })
     }
 
     /// Adopts a descriptor that is already a bound, listening TCP socket, such
@@ -115,7 +117,7 @@ impl Listener {
         let local = bound_addr(&socket).map_err(inherit)?;
         socket.set_cloexec(true).map_err(inherit)?;
         tracing::debug!(%local, "adopted an inherited listener");
-        Ok(Self { inner: socket, local })
+        Ok(Self { inner: socket, local, inherited: true })
     }
 
     /// The address actually bound: after binding port 0, this has the real port.
@@ -145,6 +147,35 @@ impl Listener {
         })?;
         tracing::trace!(%peer, "accepted");
         Ok((socket.into(), peer))
+    }
+
+    /// Whether this listener was adopted ([`Listener::from_fd`]) rather than
+    /// bound by this process: a socket from systemd or inetd is shared with
+    /// the service manager, which goes on listening on it after this process
+    /// is done.
+    #[must_use]
+    pub fn is_inherited(&self) -> bool {
+        self.inherited
+    }
+
+    /// `shutdown(2)` on the listening socket: it stops listening for every
+    /// process that holds it, not only this one. Connections waiting in its
+    /// backlog are reset, new ones are refused (unless another socket shares
+    /// the port), and every process blocked in `accept` or `poll` on it wakes
+    /// up (`accept` then fails with `EINVAL`).
+    ///
+    /// This is how a server whose children hold copies of the listener (to
+    /// accept on it themselves) stops new clients at once, as closing its own
+    /// copy would if it were the only one. Never use it on an
+    /// [inherited](Listener::is_inherited) socket: the service manager's copy
+    /// would stop listening too.
+    ///
+    /// # Errors
+    /// [`NetError::Shutdown`] if `shutdown(2)` fails.
+    pub fn stop_listening(&self) -> Result<(), NetError> {
+        self.inner
+            .shutdown(std::net::Shutdown::Read)
+            .map_err(|source| NetError::Shutdown { local: self.local, source })
     }
 
     /// Makes [`Listener::accept`] return [`Recovery::Drained`](crate::Recovery::Drained)

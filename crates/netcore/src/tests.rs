@@ -3,7 +3,7 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use crate::{
@@ -391,6 +391,7 @@ fn only_accept_failures_are_classified() {
             NetError::Bind { addr, source: os() },
             NetError::Listen { addr, source: os() },
             NetError::Mode { local: addr, source: os() },
+            NetError::Shutdown { local: addr, source: os() },
             NetError::Inherit { source: os() },
             NetError::Resolve { host: "localhost".into(), port: 7, source: os() },
             NetError::Connect { addr, source: os() },
@@ -404,7 +405,9 @@ fn only_accept_failures_are_classified() {
 fn adopts_an_inherited_listener() {
     let original = bind_or_skip(V4).unwrap();
     let addr = original.local_addr();
+    assert!(!original.is_inherited());
     let adopted = Listener::from_fd(OwnedFd::from(original)).unwrap();
+    assert!(adopted.is_inherited());
     assert_eq!(adopted.local_addr(), addr);
     let _client = connect_addr(addr, None).unwrap();
     let (_, peer) = adopted.accept().unwrap();
@@ -477,4 +480,43 @@ fn a_listener_rebinds_its_address_while_a_closed_connection_is_in_time_wait() {
     assert!(time_wait_on(addr.port()), "the TIME_WAIT ended before the bind");
     let again = again.unwrap_or_else(|err| panic!("rebinding {addr} in TIME_WAIT: {err:?}"));
     assert_eq!(again.local_addr(), addr);
+}
+
+/// `stop_listening` acts on the socket, not on one descriptor: an `accept`
+/// blocked on another copy of it wakes with an error, a client waiting in the
+/// backlog is reset, and new clients are refused.
+#[test]
+fn stop_listening_wakes_every_copy_and_refuses_new_clients() {
+    let listener = bind_or_skip(V4).unwrap();
+    let addr = listener.local_addr();
+    let copy = Listener::from_fd(listener.as_fd().try_clone_to_owned().unwrap()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(copy.accept().map(|(_, peer)| peer));
+    });
+    // The copy's accept is blocked (or about to be): neither outcome lets a
+    // connection through once the socket has stopped listening.
+    std::thread::sleep(Duration::from_millis(50));
+    listener.stop_listening().unwrap();
+    let woke = rx.recv_timeout(Duration::from_secs(5)).expect("the blocked accept woke up");
+    let err = woke.expect_err("no connection was accepted");
+    assert!(err.is_stopped_listener(), "{err:?}");
+    waiter.join().unwrap();
+    let refused = connect_addr(addr, Some(Duration::from_secs(5))).unwrap_err();
+    assert_eq!(refused.io_error().kind(), ErrorKind::ConnectionRefused, "{refused:?}");
+}
+
+/// A client queued in the backlog when the socket stops listening is reset,
+/// not left waiting.
+#[test]
+fn stop_listening_resets_the_backlog() {
+    let listener = bind_or_skip(V4).unwrap();
+    let mut queued = connect_addr(listener.local_addr(), None).unwrap();
+    queued.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    listener.stop_listening().unwrap();
+    let mut byte = [0_u8; 1];
+    match queued.read(&mut byte) {
+        Err(err) => assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err:?}"),
+        Ok(n) => panic!("read {n} bytes from a connection that should be reset"),
+    }
 }

@@ -64,6 +64,7 @@ mod pages;
 mod reap;
 mod signal;
 mod table;
+mod wait;
 
 pub use creds::{Credentials, drop_privileges};
 pub use error::ProcError;
@@ -78,6 +79,7 @@ pub use signal::{
     MaskGuard, Ready, Signal, Signals, Wakeup, block, ignore, ignored_signals, kill,
     restore_default, unblock_all,
 };
+pub use wait::SharedWait;
 
 #[cfg(test)]
 mod tests;

@@ -415,7 +415,7 @@ pub struct Ready {
     /// A signal can be read with [`Signals::next`].
     pub signaled: bool,
     /// Bit `i`: the caller's descriptor `i` is ready.
-    bits: u64,
+    pub(crate) bits: u64,
 }
 
 impl Ready {

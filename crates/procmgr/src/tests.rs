@@ -523,3 +523,56 @@ fn a_forked_child_finds_the_registry_empty() {
     let pausing = children.pids().next().unwrap();
     assert_eq!(reap_until(&mut children, pausing).info, Some("pausing"));
 }
+
+/// A descriptor several waiters share wakes one of them per event, not all;
+/// each waiter's own descriptors still wake it.
+#[test]
+fn a_shared_descriptor_wakes_one_waiter_not_all() {
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::mpsc;
+
+    const WAITERS: usize = 4;
+    let (shared, sender) = UnixDatagram::pair().unwrap();
+    let shared = std::sync::Arc::new(shared);
+    let (woke_tx, woke_rx) = mpsc::channel();
+    let mut nudges = Vec::new();
+    let mut threads = Vec::new();
+    for waiter in 0..WAITERS {
+        let (own, nudge) = UnixDatagram::pair().unwrap();
+        nudges.push(nudge);
+        let (shared, woke_tx) = (std::sync::Arc::clone(&shared), woke_tx.clone());
+        let (ready_tx, ready_rx) = mpsc::channel();
+        threads.push(std::thread::spawn(move || {
+            let mut wait = crate::SharedWait::new().unwrap();
+            let shared_index = wait.add_shared(shared.as_fd()).unwrap();
+            let own_index = wait.add(own.as_fd()).unwrap();
+            ready_tx.send(()).unwrap();
+            // Bounded: every waiter is nudged on its own descriptor below.
+            for _ in 0..100 {
+                let ready = wait.wait().unwrap();
+                if ready.is_ready(shared_index) || ready.is_ready(own_index) {
+                    let _ = woke_tx.send((waiter, ready.is_ready(shared_index)));
+                    return;
+                }
+            }
+        }));
+        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+    // Every thread is in (or about to enter) its wait: one event.
+    std::thread::sleep(Duration::from_millis(100));
+    sender.send(b"one").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let woken: Vec<_> = woke_rx.try_iter().collect();
+    for nudge in &nudges {
+        // Refused where the waiter has already returned (and closed its end).
+        let _ = nudge.send(b"go");
+    }
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert!(
+        !woken.is_empty() && woken.iter().all(|&(_, shared)| shared),
+        "the event woke a waiter: {woken:?}"
+    );
+    assert!(woken.len() < WAITERS, "one event woke every waiter: {woken:?}");
+}
