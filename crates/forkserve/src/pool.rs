@@ -108,6 +108,8 @@ pub(crate) struct Pool {
     pub(crate) busy: usize,
     /// Forking a member failed: not again before then.
     pub(crate) refill_after: Option<Instant>,
+    /// Since when the pool has been short of spares, if it is.
+    pub(crate) short_since: Option<Instant>,
     /// More members than twice the spares are idle: the extra ones are
     /// retired then, unless they got work meanwhile.
     pub(crate) trim_at: Option<Instant>,
@@ -148,6 +150,7 @@ impl Pool {
             idle: Vec::with_capacity(capacity.min(4096)),
             busy: 0,
             refill_after: None,
+            short_since: None,
             trim_at: None,
             siblings: CloseList::new(),
         })

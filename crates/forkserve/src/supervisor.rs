@@ -28,6 +28,10 @@ const LIMIT_LOGGED_EVERY: Duration = Duration::from_secs(10);
 /// How long more than twice the spares may sit idle before the extra ones
 /// are retired.
 const TRIM_AFTER: Duration = Duration::from_secs(1);
+/// When members accept and some are serving, how long the pool may stay
+/// short of spares (by less than half) before the next is forked: a fork
+/// then competes with the connections being served for the CPU.
+const REFILL_DELAY: Duration = Duration::from_millis(10);
 
 /// The loop's settings.
 #[derive(Debug, Clone)]
@@ -347,10 +351,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         };
         // While paused, the pool waits too (`tend_pool` does nothing then).
         let pool = self.pool.as_ref().filter(|_| self.paused_until.is_none()).and_then(|pool| {
-            // Short of spares: fork the next one right after this wait.
-            let short = self.shutdown.is_none() && self.pool_short(pool);
-            let refill = if short { Some(pool.refill_after.unwrap_or(now)) } else { None };
-            [refill, pool.trim_at].into_iter().flatten().min()
+            [self.next_spare(pool, now), pool.trim_at].into_iter().flatten().min()
         });
         let pending = self.pending.iter().map(Pending::next_look).min();
         [shutdown, self.paused_until, pool, pending]
@@ -366,15 +367,35 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         pool.idle.len() < pool.settings.spares && self.children.len() < self.settings.max_children
     }
 
+    /// When the next spare is due, if the pool is short of them: now, or
+    /// after the back-off of a failed fork; and when members accept and some
+    /// of them are serving, not before the pool has been short for
+    /// [`REFILL_DELAY`], unless half the spares are gone. On a small machine
+    /// a fork beside a connection being served slows that connection down;
+    /// a fork once none is busy (a single-use member's exit, say) does not.
+    fn next_spare(&self, pool: &Pool, now: Instant) -> Option<Instant> {
+        if self.shutdown.is_some() || !self.pool_short(pool) {
+            return None;
+        }
+        let at = pool.refill_after.unwrap_or(now);
+        let plenty = pool.idle.len().saturating_mul(2) >= pool.settings.spares;
+        if pool.members_accept && pool.busy > 0 && plenty {
+            let since = pool.short_since.unwrap_or(now);
+            return Some(at.max(after(since, REFILL_DELAY)));
+        }
+        Some(at)
+    }
+
     /// Connections being served: children in fork mode, busy members in
     /// pool mode.
     fn serving(&self) -> usize {
         self.pool.as_ref().map_or(self.children.len(), |pool| pool.busy)
     }
 
-    /// Pool upkeep, once per turn of the loop: forks one spare if the pool is
-    /// short (one per turn, with a wait between forks that serves whatever
-    /// arrived), when the parent hands connections over only on a turn that
+    /// Pool upkeep, once per turn of the loop: forks one spare when one is
+    /// due ([`next_spare`](Self::next_spare); one per turn, with a wait
+    /// between forks that serves whatever arrived), when the parent hands
+    /// connections over only on a turn that
     /// follows a wait that found nothing ready (`quiet`: a connection waiting
     /// gets a member forked for it anyway), when members accept on any turn
     /// (they take connections only while idle ones exist); on any turn,
@@ -386,8 +407,13 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         if self.shutdown.is_some() || self.paused_until.is_some() {
             return;
         }
-        let due = pool.refill_after.is_none_or(|after| now >= after);
-        if (quiet || pool.members_accept) && due && self.pool_short(pool) {
+        let short = self.pool_short(pool);
+        let due = self.next_spare(pool, now).is_some_and(|at| now >= at);
+        if let Some(pool) = &mut self.pool {
+            pool.short_since = if short { Some(pool.short_since.unwrap_or(now)) } else { None };
+        }
+        let Some(pool) = &self.pool else { return };
+        if (quiet || pool.members_accept) && due {
             if let Err(error) = self.fork_member(None) {
                 self.stats.fork_failures += 1;
                 let (pause, first) = (self.settings.backoff, self.fork_trouble.failed());
