@@ -235,12 +235,28 @@ impl Server {
     /// waiting for one, so no fork is on a connection's path (0, the default,
     /// forks a child per connection as it comes).
     ///
-    /// The parent still accepts, asks the admission policy, counts, logs and
-    /// shuts down exactly as in fork mode; it hands each connection it serves
-    /// to an idle child (`SCM_RIGHTS` over the child's own channel), or to one
-    /// forked for it when none is idle, and forks a spare for each one taken,
-    /// as long as the children stay within [`Server::max_children`]. After a
-    /// burst, children idle beyond twice `spares` for a second are retired.
+    /// Who accepts depends on whether a decision needs the parent:
+    ///
+    /// - When the admission policy [admits everyone](Admit::admits_everyone)
+    ///   (the default) and no PROXY header is read, idle children accept on
+    ///   the listeners themselves, one woken per connection
+    ///   (`EPOLLEXCLUSIVE`), so the parent is not on the connection's path.
+    ///   Each reports the connection it took; the parent counts and logs it,
+    ///   applies the child limit, and at shutdown stops the listening
+    ///   sockets themselves (a child serving a connection holds a copy), so
+    ///   new clients are refused at once as in fork mode. An inherited
+    ///   listener (systemd's) is not stopped: its owner keeps listening.
+    /// - Otherwise the parent accepts, asks the admission policy, counts and
+    ///   logs exactly as in fork mode, and hands each connection it serves to
+    ///   an idle child (`SCM_RIGHTS` over the child's own channel).
+    ///
+    /// Either way a connection that finds no idle child gets one forked for
+    /// it, a spare is forked for each one taken (as long as the children stay
+    /// within [`Server::max_children`]; when children accept, one at a time,
+    /// and while some serve and at least half the spares are idle, 10 ms
+    /// after the pool fell short, so the fork does not compete with them for
+    /// the CPU), and shutdown is fork mode's. After a burst, children idle
+    /// beyond twice `spares` for a second are retired.
     /// Each child is set up as in fork mode before its first connection, and
     /// by default serves one connection and exits
     /// ([`Server::connections_per_child`]).

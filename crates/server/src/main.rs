@@ -76,8 +76,11 @@ struct Args {
 
     /// Keep N children forked ahead of connections, so none waits for a fork:
     /// each connection goes to an idle child, and a spare is forked for each
-    /// one taken (within --max-children). Default: fork per connection.
-    /// Example: `--prefork 16`.
+    /// one taken (within --max-children). Idle children accept connections
+    /// themselves, unless --allow, --deny, --max-per-ip, --max-rate or
+    /// --proxy-protocol needs the parent to see each one first (it then
+    /// hands them over). Default: fork per connection. Example: `--prefork
+    /// 16`.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     prefork: Option<u32>,
 
