@@ -32,6 +32,9 @@ const TRIM_AFTER: Duration = Duration::from_secs(1);
 /// short of spares (by less than half) before the next is forked: a fork
 /// then competes with the connections being served for the CPU.
 const REFILL_DELAY: Duration = Duration::from_millis(10);
+/// When members accept, how long the parent leaves their reports to gather
+/// after reading some: one wake-up for many reports, not two per connection.
+const REPORTS_GATHER: Duration = Duration::from_millis(1);
 
 /// The loop's settings.
 #[derive(Debug, Clone)]
@@ -130,6 +133,8 @@ pub(crate) struct Supervisor<W> {
     pending_capacity: usize,
     /// Accepting is paused until then.
     paused_until: Option<Instant>,
+    /// The pool's reports are left to gather until then.
+    reports_after: Option<Instant>,
     /// Consecutive accept failures for lack of descriptors or memory.
     accept_trouble: Episode,
     /// Consecutive fork failures.
@@ -192,6 +197,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             work,
             held: None,
             paused_until: None,
+            reports_after: None,
             accept_trouble: Episode::default(),
             fork_trouble: Episode::default(),
             status_tenth: 0,
@@ -265,8 +271,9 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             let accepting = self.may_accept() && !self.members_take_connections();
             let timeout = self.next_deadline(now);
             let watched = self.listeners.iter().map(|l| accepting.then(|| l.as_fd()));
-            let reports = self.pool.as_ref().map(Pool::reports_fd);
-            let (pooled, reports_index) = (reports.is_some(), self.listeners.len());
+            let gathering = self.reports_after.is_some_and(|after| now < after);
+            let reports = self.pool.as_ref().filter(|_| !gathering).map(Pool::reports_fd);
+            let (pooled, reports_index) = (self.pool.is_some(), self.listeners.len());
             let udp = self.datagrams.as_ref().map_or(&[][..], |d| &d.sockets[..]);
             let (udp_count, first_udp) = (udp.len(), reports_index + 1);
             let udp = udp.iter().map(|socket| Some(socket.as_fd()));
@@ -280,6 +287,13 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             quiet = ready.is_empty();
             if ready.signaled || (pooled && ready.is_ready(reports_index)) {
                 self.handle_signals()?;
+            }
+            if pooled && ready.is_ready(reports_index) {
+                self.reports_after = self
+                    .pool
+                    .as_ref()
+                    .filter(|pool| pool.members_accept)
+                    .map(|_| after(Instant::now(), REPORTS_GATHER));
             }
             for index in (0..udp_count).filter(|&i| ready.is_ready(first_udp + i)) {
                 self.answer_datagrams(index);
@@ -354,7 +368,8 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             [self.next_spare(pool, now), pool.trim_at].into_iter().flatten().min()
         });
         let pending = self.pending.iter().map(Pending::next_look).min();
-        [shutdown, self.paused_until, pool, pending]
+        let reports = self.reports_after.filter(|&after| after > now);
+        [shutdown, self.paused_until, pool, pending, reports]
             .into_iter()
             .flatten()
             .min()
