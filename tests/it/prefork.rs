@@ -29,6 +29,19 @@ fn served_by(server: &Server, count: usize) -> Vec<i32> {
     lines.iter().take(count).map(|line| pid_in(line)).collect()
 }
 
+/// The pid of the child that served the first connection, checked to be one
+/// of `spares` (forked ahead, so no fork was on the connection's path), once
+/// its exit is logged as that connection's end.
+fn first_served_by_one_of(server: &Server, spares: &[i32]) -> i32 {
+    let pid = served_by(server, 1)[0];
+    assert!(spares.contains(&pid), "served by {pid}, not one of the spares {spares:?}");
+    let exited = format!("pid={pid}");
+    server
+        .wait_for_log(&["child exited with status 0", &exited, "peer=127.0.0.1:"], 1, TIMEOUT)
+        .unwrap();
+    pid
+}
+
 /// The server's live children's pids, once there are exactly `count`.
 fn children(server: &Server, count: usize) -> Vec<i32> {
     server.wait_for_children(count, TIMEOUT).unwrap().iter().map(|c| c.pid).collect()
@@ -42,15 +55,9 @@ fn spares_are_forked_ahead_and_each_serves_one_connection() {
 
     assert_eq!(exchange(server.addr(), b"first"), b"first");
     // The connection went to a child that was already there: no fork on its
-    // path.
-    let pid = served_by(&server, 1)[0];
-    assert!(spares.contains(&pid), "served by {pid}, not one of the spares {spares:?}");
-    // It served one connection and exited, logged as in fork mode; a new spare
-    // took its place.
-    let exited = format!("pid={pid}");
-    server
-        .wait_for_log(&["child exited with status 0", &exited, "peer=127.0.0.1:"], 1, TIMEOUT)
-        .unwrap();
+    // path. It served one connection and exited, logged as in fork mode; a
+    // new spare took its place.
+    let pid = first_served_by_one_of(&server, &spares);
     let now = children(&server, 2);
     assert!(!now.contains(&pid), "the child that served is still there: {now:?}");
 
@@ -235,12 +242,7 @@ fn idle_children_accept_for_themselves_while_the_parent_is_stopped() {
     assert_eq!(reply.unwrap(), b"parent stopped");
     // Once it runs again, the parent logs and counts the connection from the
     // member's report, and the member's exit as that connection's end.
-    let pid = served_by(&server, 1)[0];
-    assert!(spares.contains(&pid), "served by {pid}, not one of the spares {spares:?}");
-    let exited = format!("pid={pid}");
-    server
-        .wait_for_log(&["child exited with status 0", &exited, "peer=127.0.0.1:"], 1, TIMEOUT)
-        .unwrap();
+    first_served_by_one_of(&server, &spares);
     assert!(!server.log().iter().any(|l| l.contains("spare child exited")), "{:?}", server.log());
 }
 
