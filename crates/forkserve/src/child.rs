@@ -117,7 +117,8 @@ impl ChildSetup {
     ///
     /// 1. Descriptors: close what the server's launcher leaked (descriptors
     ///    not close-on-exec) and the parent's signalfd; the listeners are
-    ///    already dropped. Descriptors the program opened itself stay.
+    ///    already dropped (but in a pool member that accepts for itself).
+    ///    Descriptors the program opened itself stay.
     /// 2. Signals: `fork` already emptied the mask and reset caught signals;
     ///    give SIGTERM back its default action even if the launcher ignored it
     ///    (shutdown and the parent-death signal rely on it), and ignore

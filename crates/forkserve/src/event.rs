@@ -64,7 +64,9 @@ pub enum Event<'a> {
         /// The bound address, with its real port.
         addr: SocketAddr,
     },
-    /// A child was forked to serve a connection (info).
+    /// A child took a connection to serve: forked for it (fork mode), handed
+    /// it (pool mode), or accepted it itself (pool mode, members accepting)
+    /// (info).
     Accepted {
         /// The child's pid.
         pid: ChildPid,

@@ -94,8 +94,8 @@ pub(crate) struct Pool {
     pub(crate) settings: PoolSettings,
     /// Members accept connections on the listeners themselves.
     pub(crate) members_accept: bool,
-    /// Where members report a connection's end: the parent's end,
-    /// non-blocking.
+    /// Where members report the connections they take and each one's end:
+    /// the parent's end, non-blocking.
     reports: UnixDatagram,
     /// The members' end, inherited by each.
     members_end: UnixDatagram,
@@ -299,6 +299,10 @@ enum Next {
 struct Sources<'a> {
     wait: SharedWait,
     listeners: &'a [Listener],
+    /// The listener looked at first on the next wake-up: the one after the
+    /// last that yielded a connection, so a busy listener cannot starve the
+    /// others (as the parent's loop does).
+    first: std::cell::Cell<usize>,
 }
 
 impl<'a> Sources<'a> {
@@ -310,7 +314,7 @@ impl<'a> Sources<'a> {
         for listener in listeners {
             wait.add_shared(listener.as_fd())?;
         }
-        Ok(Self { wait, listeners })
+        Ok(Self { wait, listeners, first: std::cell::Cell::new(0) })
     }
 
     /// Waits for the channel (the parent's word comes first: a connection
@@ -327,13 +331,18 @@ impl<'a> Sources<'a> {
         if ready.is_ready(Self::CHANNEL) {
             return handed(channel, message);
         }
-        let Some(index) = (0..self.listeners.len()).find(|i| ready.is_ready(Self::CHANNEL + 1 + i))
+        let (count, first) = (self.listeners.len(), self.first.get());
+        let Some(index) =
+            (0..count).map(|i| (first + i) % count).find(|i| ready.is_ready(Self::CHANNEL + 1 + i))
         else {
             return Next::Again;
         };
         let listener = &self.listeners[index];
         match listener.accept() {
-            Ok((stream, peer)) => Next::Took(stream, peer, listener.local_addr()),
+            Ok((stream, peer)) => {
+                self.first.set((index + 1) % count);
+                Next::Took(stream, peer, listener.local_addr())
+            }
             Err(err) => match err.recovery() {
                 Recovery::Drained | Recovery::Retry => Next::Again,
                 // The parent stopped the listener at shutdown.

@@ -109,7 +109,8 @@ pub(crate) struct Parts {
 }
 
 pub(crate) struct Supervisor<W> {
-    /// Empty once shutdown has begun (closing them at once refuses new clients).
+    /// Empty once shutdown has begun (closed at once, and when pool members
+    /// hold copies, stopped first, so new clients are refused).
     listeners: Vec<Listener>,
     /// The listener served first on the next wake-up.
     first_listener: usize,
@@ -324,7 +325,8 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         }
         // Idle members take connections whatever the count.
         let idle = self.pool.as_ref().map_or(0, |pool| pool.idle.len());
-        let full = idle == 0 && self.children.len() >= self.settings.max_children;
+        let at_max = self.children.len() >= self.settings.max_children;
+        let full = idle == 0 && at_max;
         if full != self.at_limit {
             self.at_limit = full;
             if self.listeners.is_empty() {
@@ -347,7 +349,10 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 }
             }
         }
-        !full
+        // When members accept, a connection the parent accepts gets a member
+        // forked for it, never an idle one: it needs room under the limit.
+        let forks_for_each = self.pool.as_ref().is_some_and(|pool| pool.members_accept);
+        !(full || (forks_for_each && at_max))
     }
 
     /// Whether idle pool members are accepting connections themselves.
@@ -543,6 +548,12 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                         pool.forget_idle(pid);
                         pool.busy += 1;
                     }
+                    if self.shutdown.is_some() {
+                        // Taken before the listeners stopped, reported after
+                        // shutdown began: one more running at shutdown.
+                        self.summary.running += 1;
+                        self.summary.served += 1;
+                    }
                     self.stats.accepted += 1;
                     self.report(&Event::Accepted { pid, peer });
                     self.report_status();
@@ -612,13 +623,12 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     fn reap(&mut self) -> Result<(), ServeError> {
         while let Some(mut reaped) = self.children.reap().map_err(ServeError::Reap)? {
             let (pid, exit) = (reaped.pid, reaped.exit);
-            // A member that accepted a connection itself reported it before
-            // it could exit: a report still unread is read now, so the
-            // connection is not taken for a spare's quiet end.
+            // A member reports before it exits: a report still unread (the
+            // end of one connection, a connection it took itself) is read
+            // now, so the member is reaped as what it last was, and a
+            // connection it took is not taken for a spare's quiet end.
             if let Some(Job::Member(member)) = &mut reaped.info {
-                if member.serving.is_none() {
-                    self.drain_reports_for(Some((pid, member)))?;
-                }
+                self.drain_reports_for(Some((pid, member)))?;
             }
             let peer = reaped.info.as_ref().and_then(Job::peer);
             let admitted = reaped.info.as_ref().and_then(Job::admitted_peer);

@@ -537,6 +537,7 @@ fn a_shared_descriptor_wakes_one_waiter_not_all() {
     let (woke_tx, woke_rx) = mpsc::channel();
     let mut nudges = Vec::new();
     let mut threads = Vec::new();
+    let mut tids = Vec::new();
     for waiter in 0..WAITERS {
         let (own, nudge) = UnixDatagram::pair().unwrap();
         nudges.push(nudge);
@@ -546,7 +547,7 @@ fn a_shared_descriptor_wakes_one_waiter_not_all() {
             let mut wait = crate::SharedWait::new().unwrap();
             let shared_index = wait.add_shared(shared.as_fd()).unwrap();
             let own_index = wait.add(own.as_fd()).unwrap();
-            ready_tx.send(()).unwrap();
+            ready_tx.send(nix::unistd::gettid().as_raw()).unwrap();
             // Bounded: every waiter is nudged on its own descriptor below.
             for _ in 0..100 {
                 let ready = wait.wait().unwrap();
@@ -556,10 +557,29 @@ fn a_shared_descriptor_wakes_one_waiter_not_all() {
                 }
             }
         }));
-        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        tids.push(ready_rx.recv_timeout(Duration::from_secs(5)).unwrap());
     }
-    // Every thread is in (or about to enter) its wait: one event.
-    std::thread::sleep(Duration::from_millis(100));
+    // One event, once every thread is in its wait: one that is not yet would
+    // find the descriptor ready when it gets there, and count as woken.
+    for tid in tids {
+        let wchan = format!("/proc/self/task/{tid}/wchan");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match std::fs::read_to_string(&wchan) {
+                Ok(at) if at.contains("epoll") => break,
+                // No wait channel shown (a hardened kernel): a pause instead.
+                Ok(at) if at.trim() == "0" || at.is_empty() => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+                Ok(_) => std::thread::sleep(Duration::from_millis(2)),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
+    }
     sender.send(b"one").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let woken: Vec<_> = woke_rx.try_iter().collect();
