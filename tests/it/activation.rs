@@ -190,3 +190,32 @@ fn listen_fds_without_this_process_s_pid_is_not_for_it() {
         crate::echo(&mut stream, b"bound, not inherited");
     }
 }
+
+#[test]
+fn a_pool_on_a_passed_socket_serves_and_leaves_it_listening_at_shutdown() {
+    if !crate::tool_or_skip("systemd-socket-activate") {
+        return;
+    }
+    let args = ["--prefork", "2", "--connections-per-child", "0"];
+    let (mut server, addr) = activate(&[], None, &args);
+    // The first client starts the server; its idle children accept on the
+    // passed socket themselves.
+    let mut held = std::net::TcpStream::connect(addr).unwrap();
+    held.set_read_timeout(Some(TIMEOUT)).unwrap();
+    crate::echo(&mut held, b"held");
+    let log = server.wait_for_stderr(TIMEOUT, "the pool's mode", |line| {
+        line.contains("idle children accept connections themselves")
+    });
+    log.unwrap();
+    server.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    server.wait_for_stderr(TIMEOUT, "shutdown", |line| line.contains("received SIGTERM")).unwrap();
+    // The socket is the service manager's, which listens on after this
+    // server (queueing clients for the next start): shutdown does not stop
+    // it, so a client now is queued, not refused.
+    let queued = std::net::TcpStream::connect(addr);
+    assert!(queued.is_ok(), "{queued:?}: the passed socket was stopped");
+    // The client being served is not disturbed.
+    crate::echo(&mut held, b"still served");
+    drop(held);
+    assert!(server.wait(TIMEOUT).unwrap().success(), "{:#?}", server.stderr());
+}
