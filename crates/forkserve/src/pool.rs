@@ -381,8 +381,8 @@ fn handed(channel: &Handoff, message: &mut [u8; MESSAGE_LEN]) -> Next {
 /// closed: set the process up once, then serve each connection, reporting
 /// those it took itself and each one's end, until the connection limit or
 /// until the parent closes the channel (end of file: exit 0). `listeners` is
-/// where it accepts (empty when the parent hands everything over); `handed`
-/// says the parent hands it its first connection. Returns the exit code: that
+/// where it accepts (empty when the parent hands everything over);
+/// `handed_first` says the parent hands it its first connection. Returns the exit code: that
 /// of the last connection's work.
 pub(crate) fn member(
     channel: &Handoff,
@@ -424,6 +424,8 @@ pub(crate) fn member(
             Next::Took(stream, peer, listener) => {
                 // Before serving, so the parent counts a long connection as
                 // one; if the parent is gone, the client is served anyway.
+                // This waits only when the socket's buffer holds a few
+                // hundred unread reports: a parent stopped for that long.
                 let _ = pool.members_end.send(&Report::Took { pid, peer }.encode());
                 (stream, peer, listener)
             }
