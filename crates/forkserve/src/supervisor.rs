@@ -412,16 +412,14 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         self.pool.as_ref().map_or(self.children.len(), |pool| pool.busy)
     }
 
-    /// Pool upkeep, once per turn of the loop: forks one spare when one is
-    /// due ([`next_spare`](Self::next_spare); one per turn, with a wait
-    /// between forks that serves whatever arrived), when the parent hands
-    /// connections over only on a turn that
-    /// follows a wait that found nothing ready (`quiet`: a connection waiting
-    /// gets a member forked for it anyway), when members accept on any turn
-    /// (they take connections only while idle ones exist); on any turn,
-    /// retires
-    /// the idle members beyond twice the spares once they have been idle for
-    /// [`TRIM_AFTER`].
+    /// Pool upkeep, once per turn of the loop. Forks one spare when one is
+    /// due ([`next_spare`](Self::next_spare)), one per turn, with a wait
+    /// between forks that serves whatever arrived: when the parent hands
+    /// connections over, only on a turn that follows a wait that found
+    /// nothing ready (`quiet`; a connection waiting gets a member forked for
+    /// it anyway); when members accept, on any turn (they take connections
+    /// only while idle ones exist). On any turn, retires the idle members
+    /// beyond twice the spares once they have been idle for [`TRIM_AFTER`].
     fn tend_pool(&mut self, now: Instant, quiet: bool) {
         let Some(pool) = &self.pool else { return };
         if self.shutdown.is_some() || self.paused_until.is_some() {
