@@ -20,10 +20,7 @@ fn prlimit(pid: i32, limit: &str) {
 
 /// CPU time (user + system, in clock ticks) a process has used so far.
 pub(crate) fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime), counted from after the command name.
-    fields[14 - 3].parse::<u64>().unwrap() + fields[15 - 3].parse::<u64>().unwrap()
+    procfs::cpu_ticks(pid).unwrap().own
 }
 
 #[test]

@@ -41,9 +41,41 @@ pub fn stat(pid: i32) -> Option<Proc> {
 #[must_use]
 pub fn start_time(pid: i32) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_field(&text, 22)
+}
+
+/// CPU time `pid` has used so far, in clock ticks: its own user and system
+/// time (`utime` + `stime`), and that of its reaped children (`cutime` +
+/// `cstime`; the kernel adds a child's time, and its reaped descendants', to
+/// its parent's when it is reaped). `None` if the process is gone.
+#[must_use]
+pub fn cpu_ticks(pid: i32) -> Option<CpuTicks> {
+    parse_cpu_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// What [`cpu_ticks`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// User + system time of the process itself.
+    pub own: u64,
+    /// User + system time of its reaped children.
+    pub reaped_children: u64,
+}
+
+/// [`cpu_ticks`] from the text of `/proc/PID/stat` (fields 14 to 17).
+#[must_use]
+pub fn parse_cpu_ticks(text: &str) -> Option<CpuTicks> {
+    let field = |n| stat_field::<u64>(text, n);
+    Some(CpuTicks { own: field(14)? + field(15)?, reaped_children: field(16)? + field(17)? })
+}
+
+/// Field `n` of `/proc/PID/stat` text, numbered as in proc(5). The command
+/// name (field 2) is in parentheses and may contain anything, spaces and
+/// parentheses included: the fields after it start after the last `)`,
+/// with field 3 (the state).
+fn stat_field<T: std::str::FromStr>(text: &str, n: usize) -> Option<T> {
     let (_, rest) = text.rsplit_once(')')?;
-    // Fields after the name start at 3 (state); starttime is field 22.
-    rest.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
+    rest.split_ascii_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
 }
 
 /// The open descriptors of `pid` and what each refers to (the target of
@@ -132,4 +164,20 @@ pub fn tasks_of_uid(uid: u32) -> usize {
 /// The first value of a `Name:\tvalue…` line of a status file.
 fn field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
     status.lines().find_map(|line| line.strip_prefix(name))?.split_whitespace().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_times_are_read_after_the_command_name() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt
+        // majflt cmajflt utime stime cutime cstime priority …
+        let line = "42 (a) b) c) S 1 42 42 0 -1 4194560 100 200 0 0 7 11 13 17 20 0 1 0";
+        let ticks = parse_cpu_ticks(line).map(|t| t.own + t.reaped_children);
+        assert_eq!(ticks, Some(7 + 11 + 13 + 17));
+        assert_eq!(parse_cpu_ticks("42 (cut) S 1 42"), None);
+        assert_eq!(parse_cpu_ticks(""), None);
+    }
 }

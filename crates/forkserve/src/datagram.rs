@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Instant;
 
 use crate::Stats;
+use crate::policy::Source;
 
 /// Source ports never answered: 0 (not a real port), every port under 1024
 /// (echo 7, discard 9, daytime 13, qotd 17, chargen 19, time 37, DNS 53,
@@ -35,10 +36,10 @@ const BUCKETS: usize = 1024;
 /// The largest UDP payload.
 const MAX_DATAGRAM: usize = 65_507;
 
-/// A token bucket per source address (hashed).
+/// A token bucket per source (hashed).
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
-    source: Option<IpAddr>,
+    source: Option<Source>,
     tokens: f64,
     last: Option<Instant>,
 }
@@ -128,10 +129,13 @@ fn transient(err: &io::Error) -> bool {
     )
 }
 
-/// Takes a token from `source`'s bucket, refilled at `per_second`, holding
-/// at most `per_second`; false when it is empty.
-fn admit(buckets: &mut [Bucket], per_second: u32, source: IpAddr, now: Instant) -> bool {
+/// Takes a token from the bucket of `ip`'s source (its address, or for IPv6
+/// its /64, so one host cannot get a fresh bucket per address of its
+/// network), refilled at `per_second`, holding at most `per_second`; false
+/// when it is empty.
+fn admit(buckets: &mut [Bucket], per_second: u32, ip: IpAddr, now: Instant) -> bool {
     let rate = f64::from(per_second);
+    let source = Source::of(ip);
     let bucket = &mut buckets[slot(source, buckets.len())];
     if bucket.source != Some(source) {
         // A new source (or one that shares the slot): a full bucket, but the
@@ -150,15 +154,10 @@ fn admit(buckets: &mut [Bucket], per_second: u32, source: IpAddr, now: Instant) 
     }
 }
 
-/// The bucket of `source`: a hash of its address (for IPv6, its /64, so
-/// one host cannot get a fresh bucket per address of its network).
-fn slot(source: IpAddr, buckets: usize) -> usize {
-    let key: u64 = match source {
-        IpAddr::V4(v4) => u64::from(u32::from(v4)),
-        IpAddr::V6(v6) => u64::try_from(u128::from(v6) >> 64).unwrap_or(u64::MAX),
-    };
+/// The bucket of `source`: a hash of it.
+fn slot(source: Source, buckets: usize) -> usize {
     // Fibonacci hashing: the high bits of key × 2^64/φ.
-    let hashed = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let hashed = source.key().wrapping_mul(0x9E37_79B9_7F4A_7C15);
     usize::try_from(hashed >> 54).unwrap_or(0) % buckets
 }
 
@@ -188,7 +187,7 @@ mod tests {
         let passed = (0..20).filter(|_| admit(&mut buckets, 5, a, start)).count();
         assert_eq!(passed, 5, "a burst of the rate, then nothing");
         // Another source has its own bucket (unless they collide).
-        if slot(a, BUCKETS) != slot(b, BUCKETS) {
+        if slot(Source::of(a), BUCKETS) != slot(Source::of(b), BUCKETS) {
             assert!(admit(&mut buckets, 5, b, start));
         }
         // A second later, the rate again.
@@ -201,6 +200,12 @@ mod tests {
     fn an_ipv6_network_shares_one_bucket() {
         let one: IpAddr = "2001:db8::1".parse().unwrap();
         let other: IpAddr = "2001:db8::ffff:1".parse().unwrap();
-        assert_eq!(slot(one, BUCKETS), slot(other, BUCKETS));
+        assert_eq!(slot(Source::of(one), BUCKETS), slot(Source::of(other), BUCKETS));
+        // And they share its tokens: one reply a second for the whole /64.
+        let empty = Bucket { source: None, tokens: 0.0, last: None };
+        let mut buckets = vec![empty; BUCKETS];
+        let now = Instant::now();
+        assert!(admit(&mut buckets, 1, one, now));
+        assert!(!admit(&mut buckets, 1, other, now), "another address of the /64");
     }
 }

@@ -76,20 +76,28 @@ pub struct CidrError {
     text: String,
 }
 
-/// Where a connection comes from, for the per-source limit: an IPv4 address,
-/// or the /64 an IPv6 address belongs to (one host or one site's LAN usually
-/// holds a whole /64, and picks addresses in it at will).
+/// Where a connection (or a datagram) comes from, for the limits per source:
+/// an IPv4 address, or the /64 an IPv6 address belongs to (one host or one
+/// site's LAN usually holds a whole /64, and picks addresses in it at will).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Source {
+pub(crate) enum Source {
     V4(Ipv4Addr),
     V6(u64),
 }
 
 impl Source {
-    fn of(ip: IpAddr) -> Self {
+    pub(crate) fn of(ip: IpAddr) -> Self {
         match canonical(ip) {
             IpAddr::V4(v4) => Self::V4(v4),
             IpAddr::V6(v6) => Self::V6((v6.to_bits() >> 64) as u64),
+        }
+    }
+
+    /// The source as a number, for hashing: the IPv4 address, or the /64.
+    pub(crate) fn key(self) -> u64 {
+        match self {
+            Self::V4(v4) => u64::from(u32::from(v4)),
+            Self::V6(prefix) => prefix,
         }
     }
 }

@@ -286,10 +286,11 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 .wait_ready(watched.chain([reports]).chain(udp).chain(waiting), timeout)
                 .map_err(ServeError::Wait)?;
             quiet = ready.is_empty();
-            if ready.signaled || (pooled && ready.is_ready(reports_index)) {
+            let reported = pooled && ready.is_ready(reports_index);
+            if ready.signaled || reported {
                 self.handle_signals()?;
             }
-            if pooled && ready.is_ready(reports_index) {
+            if reported {
                 self.reports_after = self
                     .pool
                     .as_ref()
@@ -325,8 +326,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         }
         // Idle members take connections whatever the count.
         let idle = self.pool.as_ref().map_or(0, |pool| pool.idle.len());
-        let at_max = self.children.len() >= self.settings.max_children;
-        let full = idle == 0 && at_max;
+        let full = idle == 0 && self.children.len() >= self.settings.max_children;
         if full != self.at_limit {
             self.at_limit = full;
             if self.listeners.is_empty() {
@@ -349,10 +349,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
                 }
             }
         }
-        // When members accept, a connection the parent accepts gets a member
-        // forked for it, never an idle one: it needs room under the limit.
-        let forks_for_each = self.pool.as_ref().is_some_and(|pool| pool.members_accept);
-        !(full || (forks_for_each && at_max))
+        self.can_take()
     }
 
     /// Whether idle pool members are accepting connections themselves.
@@ -507,15 +504,10 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
 
     /// Reads what pool members reported: a connection a member took itself
     /// makes it busy; each connection's end makes its member idle again (or
-    /// retires it), and releases its client.
-    fn drain_reports(&mut self) -> Result<(), ServeError> {
-        self.drain_reports_for(None)
-    }
-
-    /// [`drain_reports`](Self::drain_reports), also applying reports from a
-    /// member just reaped (`gone`, already out of the registry): one that
-    /// took a connection and exited at once is reaped as serving it.
-    fn drain_reports_for(
+    /// retires it), and releases its client. Reports from `gone`, a member
+    /// just reaped (out of the registry already), apply to it: one that took
+    /// a connection and exited at once is reaped as serving it.
+    fn drain_reports(
         &mut self,
         mut gone: Option<(ChildPid, &mut Member)>,
     ) -> Result<(), ServeError> {
@@ -594,7 +586,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
         }
         // A member's report comes before its exit: read them first, so a
         // member that reported and then ended is reaped as idle.
-        self.drain_reports()?;
+        self.drain_reports(None)?;
         if child_exited {
             self.reap()?;
         }
@@ -626,7 +618,7 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
             // now, so the member is reaped as what it last was, and a
             // connection it took is not taken for a spare's quiet end.
             if let Some(Job::Member(member)) = &mut reaped.info {
-                self.drain_reports_for(Some((pid, member)))?;
+                self.drain_reports(Some((pid, member)))?;
             }
             let peer = reaped.info.as_ref().and_then(Job::peer);
             let admitted = reaped.info.as_ref().and_then(Job::admitted_peer);
@@ -984,13 +976,15 @@ impl<W: FnMut(Connection) -> i32> Supervisor<W> {
     }
 
     /// Whether a connection can go on to admission now: none is held, nothing
-    /// is paused, and a child can be had (an idle member, or room under the
-    /// child limit).
+    /// is paused, and a child can be had: room under the child limit, or an
+    /// idle member the parent hands connections to (when members accept, a
+    /// connection the parent takes gets a member forked for it).
     fn can_take(&self) -> bool {
-        let idle = self.pool.as_ref().map_or(0, |pool| pool.idle.len());
+        let handed_to_idle =
+            self.pool.as_ref().is_some_and(|pool| !pool.members_accept && !pool.idle.is_empty());
         self.held.is_none()
             && self.paused_until.is_none()
-            && (idle > 0 || self.children.len() < self.settings.max_children)
+            && (handed_to_idle || self.children.len() < self.settings.max_children)
     }
 
     /// Refuses a connection before admission (closed already, or now), and

@@ -80,16 +80,12 @@ impl Listener {
     /// kernel refused.
     pub fn bind_with(addr: SocketAddr, options: ListenOptions) -> Result<Self, NetError> {
         let ListenOptions { backlog, reuse_port } = options;
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(|source| NetError::Socket { addr, source })?;
-        let option = |option| move |source| NetError::SocketOption { addr, option, source };
-        socket.set_reuse_address(true).map_err(option("SO_REUSEADDR"))?;
-        if reuse_port {
-            socket.set_reuse_port(true).map_err(option("SO_REUSEPORT"))?;
-        }
-        if addr.is_ipv6() {
-            socket.set_only_v6(true).map_err(option("IPV6_V6ONLY"))?;
-        }
+        let socket = new_socket(addr, Type::STREAM, Protocol::TCP, reuse_port)?;
+        socket.set_reuse_address(true).map_err(|source| NetError::SocketOption {
+            addr,
+            option: "SO_REUSEADDR",
+            source,
+        })?;
         socket.bind(&addr.into()).map_err(|source| NetError::Bind { addr, source })?;
         socket.listen(backlog).map_err(|source| NetError::Listen { addr, source })?;
         let local = bound_addr(&socket).map_err(|source| NetError::Listen { addr, source })?;
@@ -200,16 +196,12 @@ impl Listener {
 /// # Errors
 /// [`NetError::Socket`], [`NetError::SocketOption`] or [`NetError::Bind`].
 pub fn bind_udp(addr: SocketAddr, options: ListenOptions) -> Result<UdpSocket, NetError> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-        .map_err(|source| NetError::Socket { addr, source })?;
-    let option = |option| move |source| NetError::SocketOption { addr, option, source };
-    if options.reuse_port {
-        socket.set_reuse_port(true).map_err(option("SO_REUSEPORT"))?;
-    }
-    if addr.is_ipv6() {
-        socket.set_only_v6(true).map_err(option("IPV6_V6ONLY"))?;
-    }
-    socket.set_nonblocking(true).map_err(option("O_NONBLOCK"))?;
+    let socket = new_socket(addr, Type::DGRAM, Protocol::UDP, options.reuse_port)?;
+    socket.set_nonblocking(true).map_err(|source| NetError::SocketOption {
+        addr,
+        option: "O_NONBLOCK",
+        source,
+    })?;
     socket.bind(&addr.into()).map_err(|source| NetError::Bind { addr, source })?;
     tracing::trace!(%addr, "bound a UDP socket");
     Ok(socket.into())
@@ -237,4 +229,26 @@ impl From<Listener> for OwnedFd {
     fn from(listener: Listener) -> Self {
         listener.inner.into()
     }
+}
+
+/// A socket of `kind` for `addr`, close-on-exec (socket2's default), with
+/// `SO_REUSEPORT` if asked and, for IPv6, `IPV6_V6ONLY`, so `[::]` and
+/// `0.0.0.0` on one port are two sockets that never take each other's
+/// clients.
+fn new_socket(
+    addr: SocketAddr,
+    kind: Type,
+    protocol: Protocol,
+    reuse_port: bool,
+) -> Result<Socket, NetError> {
+    let socket = Socket::new(Domain::for_address(addr), kind, Some(protocol))
+        .map_err(|source| NetError::Socket { addr, source })?;
+    let option = |option| move |source| NetError::SocketOption { addr, option, source };
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(option("SO_REUSEPORT"))?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(option("IPV6_V6ONLY"))?;
+    }
+    Ok(socket)
 }

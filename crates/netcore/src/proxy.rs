@@ -19,7 +19,7 @@
 //! ```
 
 use std::io::{self, Read};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 
 use ppp::{HeaderResult, PartialResult, v1, v2};
 
@@ -30,6 +30,8 @@ pub const MAX_HEADER: usize = 1024;
 
 /// The longest v1 header, CRLF included (the specification's bound).
 const V1_MAX: usize = 107;
+/// How a v1 header starts (ppp's `v1::PROTOCOL_PREFIX` lacks the space).
+const V1_SIGNATURE: &[u8] = b"PROXY ";
 
 /// What a complete header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,9 +84,8 @@ pub fn parse(bytes: &[u8]) -> Parsed {
     // (within 107 bytes), it is incomplete, whatever its fields look like
     // so far (a cut right after a space leaves an empty field that a parser
     // would call invalid).
-    let v1_prefix = b"PROXY ";
-    let n = bytes.len().min(v1_prefix.len());
-    if bytes[..n] == v1_prefix[..n] && !bytes.windows(2).take(V1_MAX).any(|w| w == b"\r\n") {
+    let n = bytes.len().min(V1_SIGNATURE.len());
+    if bytes[..n] == V1_SIGNATURE[..n] && !bytes.windows(2).take(V1_MAX).any(|w| w == b"\r\n") {
         return if bytes.len() >= V1_MAX {
             Parsed::Invalid("PROXY v1 header longer than 107 bytes")
         } else {
@@ -110,14 +111,12 @@ pub fn parse(bytes: &[u8]) -> Parsed {
 fn v1_header(header: &v1::Header<'_>) -> Parsed {
     let len = header.header.len();
     let header = match header.addresses {
-        v1::Addresses::Tcp4(a) => Header::Proxied {
-            source: SocketAddr::from((a.source_address, a.source_port)),
-            destination: SocketAddr::from((a.destination_address, a.destination_port)),
-        },
-        v1::Addresses::Tcp6(a) => Header::Proxied {
-            source: SocketAddr::from((a.source_address, a.source_port)),
-            destination: SocketAddr::from((a.destination_address, a.destination_port)),
-        },
+        v1::Addresses::Tcp4(a) => {
+            proxied(a.source_address, a.source_port, a.destination_address, a.destination_port)
+        }
+        v1::Addresses::Tcp6(a) => {
+            proxied(a.source_address, a.source_port, a.destination_address, a.destination_port)
+        }
         v1::Addresses::Unknown => Header::Local,
     };
     Parsed::Complete { header, len }
@@ -130,17 +129,28 @@ fn v2_header(header: &v2::Header<'_>) -> Parsed {
     }
     let header = match (header.protocol, header.addresses) {
         (v2::Protocol::Datagram, _) => return Parsed::Invalid("PROXY v2 header for a datagram"),
-        (_, v2::Addresses::IPv4(a)) => Header::Proxied {
-            source: SocketAddr::from((a.source_address, a.source_port)),
-            destination: SocketAddr::from((a.destination_address, a.destination_port)),
-        },
-        (_, v2::Addresses::IPv6(a)) => Header::Proxied {
-            source: SocketAddr::from((a.source_address, a.source_port)),
-            destination: SocketAddr::from((a.destination_address, a.destination_port)),
-        },
+        (_, v2::Addresses::IPv4(a)) => {
+            proxied(a.source_address, a.source_port, a.destination_address, a.destination_port)
+        }
+        (_, v2::Addresses::IPv6(a)) => {
+            proxied(a.source_address, a.source_port, a.destination_address, a.destination_port)
+        }
         (_, v2::Addresses::Unix(_) | v2::Addresses::Unspecified) => Header::Local,
     };
     Parsed::Complete { header, len }
+}
+
+/// A header naming a client and the address it reached, from either version.
+fn proxied(
+    source: impl Into<IpAddr>,
+    source_port: u16,
+    destination: impl Into<IpAddr>,
+    destination_port: u16,
+) -> Header {
+    Header::Proxied {
+        source: SocketAddr::new(source.into(), source_port),
+        destination: SocketAddr::new(destination.into(), destination_port),
+    }
 }
 
 /// Whether `bytes` start with a whole PROXY signature (`PROXY ` or v2's 12
@@ -149,7 +159,7 @@ fn v2_header(header: &v2::Header<'_>) -> Parsed {
 /// `P` or an empty line for its own reasons).
 #[must_use]
 pub fn looks_like_header(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"PROXY ") || bytes.starts_with(v2::PROTOCOL_PREFIX)
+    bytes.starts_with(V1_SIGNATURE) || bytes.starts_with(v2::PROTOCOL_PREFIX)
 }
 
 /// Looks at what has arrived on `stream` without taking it (`MSG_PEEK`): the
@@ -181,17 +191,7 @@ pub fn peek(stream: &TcpStream) -> io::Result<Option<Parsed>> {
 /// A failed read, or `UnexpectedEof` if fewer bytes are there.
 pub fn consume(mut stream: &TcpStream, len: usize) -> io::Result<()> {
     let mut buf = [0_u8; MAX_HEADER];
-    let len = len.min(MAX_HEADER);
-    let mut taken = 0;
-    while taken < len {
-        match stream.read(&mut buf[taken..len]) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => taken += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
+    stream.read_exact(&mut buf[..len.min(MAX_HEADER)])
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ impl FdMessage {
     /// How many descriptors the kernel put in (at most two), given the
     /// control length it reported.
     fn count(&self, controllen: impl TryInto<usize>) -> usize {
-        let room = controllen.try_into().unwrap_or(0);
+        let room = as_usize(controllen);
         let len = as_usize(self.header.cmsg_len);
         if room < Self::LEN
             || self.header.cmsg_level != libc::SOL_SOCKET

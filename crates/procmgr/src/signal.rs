@@ -385,11 +385,7 @@ impl Signals {
         fds[0] = watch(Some(self.fd.as_fd()));
         let mut count = 1;
         for fd in others {
-            let Some(slot) = fds.get_mut(count) else {
-                let message = format!("at most {} descriptors can be watched", Ready::CAPACITY);
-                let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
-                return Err(ProcError::Poll { source });
-            };
+            let Some(slot) = fds.get_mut(count) else { return Err(Ready::too_many()) };
             *slot = watch(fd);
             count += 1;
         }
@@ -400,7 +396,7 @@ impl Signals {
         ready.signaled = fds[0].revents != 0;
         for (index, fd) in fds[1..count].iter().enumerate() {
             if fd.revents != 0 {
-                ready.bits |= 1 << index;
+                ready.mark(index);
             }
         }
         Ok(ready)
@@ -415,7 +411,7 @@ pub struct Ready {
     /// A signal can be read with [`Signals::next`].
     pub signaled: bool,
     /// Bit `i`: the caller's descriptor `i` is ready.
-    pub(crate) bits: u64,
+    bits: u64,
 }
 
 impl Ready {
@@ -433,6 +429,21 @@ impl Ready {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         !self.signaled && self.bits == 0
+    }
+
+    /// Marks descriptor `index` ready (an index past the capacity is
+    /// ignored).
+    pub(crate) fn mark(&mut self, index: usize) {
+        if let Some(bit) = u32::try_from(index).ok().and_then(|i| 1_u64.checked_shl(i)) {
+            self.bits |= bit;
+        }
+    }
+
+    /// The error for more descriptors than a wait can watch.
+    pub(crate) fn too_many() -> ProcError {
+        let message = format!("at most {} descriptors can be watched", Self::CAPACITY);
+        let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
+        ProcError::Poll { source }
     }
 }
 

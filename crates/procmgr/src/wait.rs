@@ -81,9 +81,7 @@ impl SharedWait {
     fn watch(&mut self, fd: BorrowedFd<'_>, flags: EpollFlags) -> Result<usize, ProcError> {
         let index = self.count;
         if index >= Ready::CAPACITY {
-            let message = format!("at most {} descriptors can be watched", Ready::CAPACITY);
-            let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
-            return Err(ProcError::Poll { source });
+            return Err(Ready::too_many());
         }
         let token = u64::try_from(index).unwrap_or(u64::MAX);
         self.epoll
@@ -108,9 +106,7 @@ impl SharedWait {
         };
         let mut ready = Ready::default();
         for event in events.iter().take(count) {
-            if let Some(bit) = 1_u64.checked_shl(u32::try_from(event.data()).unwrap_or(u32::MAX)) {
-                ready.bits |= bit;
-            }
+            ready.mark(usize::try_from(event.data()).unwrap_or(usize::MAX));
         }
         Ok(ready)
     }

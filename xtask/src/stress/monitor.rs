@@ -168,11 +168,13 @@ impl Footprint {
     /// are left out of the count, which is then the parent's own.
     pub(super) fn of(pid: i32, per_child: usize) -> Result<Self, String> {
         // The children are counted on both sides of the listing, until both
-        // counts agree: a child forked in between would skew the count.
+        // counts agree: a child forked in between would skew the count (in
+        // fork mode, with nothing to leave out, they are not counted).
+        let count = || if per_child == 0 { 0 } else { children_of(pid).len() };
         let read = || {
-            let before = procfs::children_of(pid).len();
+            let before = count();
             let targets = procfs::fds(pid);
-            (before == procfs::children_of(pid).len()).then_some((targets, before))
+            (before == count()).then_some((targets, before))
         };
         let (targets, children) = (0..100)
             .find_map(|_| read())
