@@ -203,10 +203,11 @@ fn a_pool_on_a_passed_socket_serves_and_leaves_it_listening_at_shutdown() {
     let mut held = std::net::TcpStream::connect(addr).unwrap();
     held.set_read_timeout(Some(TIMEOUT)).unwrap();
     crate::echo(&mut held, b"held");
-    let log = server.wait_for_stderr(TIMEOUT, "the pool's mode", |line| {
-        line.contains("idle children accept connections themselves")
-    });
-    log.unwrap();
+    server
+        .wait_for_stderr(TIMEOUT, "the pool's mode", |line| {
+            line.contains("idle children accept connections themselves")
+        })
+        .unwrap();
     server.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
     server.wait_for_stderr(TIMEOUT, "shutdown", |line| line.contains("received SIGTERM")).unwrap();
     // The socket is the service manager's, which listens on after this

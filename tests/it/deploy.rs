@@ -13,7 +13,7 @@ use crate::exchange;
 use crate::readiness::Manager;
 
 /// A deployment file's text.
-fn file(name: &str) -> String {
+pub(crate) fn file(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -158,10 +158,8 @@ fn xinetd_runs_the_service_as_written_one_child_per_connection_as_nobody() {
         integration_tests::procfs::children_of(manager.pid()).into_iter().find(|c| !c.is_zombie())
     })
     .unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid)).unwrap();
-    let uid = status.lines().find(|line| line.starts_with("Uid:")).unwrap().to_owned();
-    let nobody_uid = crate::privileges::nobody().0.to_string();
-    assert_eq!(uid.split_whitespace().nth(1), Some(nobody_uid.as_str()), "not nobody: {uid}");
+    let uid = crate::privileges::ids(child.pid, "Uid:");
+    assert_eq!(uid.first(), Some(&crate::privileges::nobody().0), "not nobody: {uid:?}");
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.pid)).unwrap();
     assert!(String::from_utf8_lossy(&cmdline).contains("--inetd"), "{cmdline:?}");
     drop(held);

@@ -104,11 +104,31 @@ fn expect_unserved(addr: std::net::SocketAddr, input: &[u8]) {
 /// signal takes effect only when the process next runs kernel code), so that
 /// clients that connect now wait in its backlog.
 fn stop(server: &Server) {
-    server.signal(nix::sys::signal::Signal::SIGSTOP).unwrap();
-    integration_tests::wait_until(TIMEOUT, "the server to stop", || {
-        integration_tests::procfs::stat(server.pid()).is_some_and(|p| p.state == 'T').then_some(())
+    stop_pid(server.pid());
+}
+
+/// [`stop`] for any process of the test's: a server's child, say.
+fn stop_pid(pid: i32) {
+    let pid_t = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    integration_tests::wait_until(TIMEOUT, &format!("{pid} to stop"), || {
+        integration_tests::procfs::stat(pid).is_some_and(|p| p.state == 'T').then_some(())
     })
     .unwrap();
+}
+
+/// The server's counters line after SIGUSR1, once it shows `wanted`.
+fn counters_with(server: &Server, wanted: &str) -> String {
+    integration_tests::wait_until(TIMEOUT, &format!("counters with {wanted:?}"), || {
+        server.signal(nix::sys::signal::Signal::SIGUSR1).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        server
+            .log()
+            .into_iter()
+            .rev()
+            .find(|line| line.contains("counters:") && line.contains(wanted))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", server.log()))
 }
 
 /// How [`started_on_a_free_port`] tells that a program is listening.

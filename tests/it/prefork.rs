@@ -222,10 +222,9 @@ fn a_pool_child_holds_its_channel_and_the_report_socket_and_nothing_of_its_sibli
         let mut args = vec!["--prefork", "3", "--connections-per-child", "0"];
         args.extend(policy);
         let server = Server::start_wrapped(&LEAKING_LAUNCHER, "127.0.0.1", &args).unwrap();
-        let (sockets, others) = expected_pool_descriptors(members_accept);
         // Every spare: what its kind of pool needs, nothing leaked, none of
         // the other children's channels, nothing blocked or caught.
-        let expected = (sockets, others.clone());
+        let expected = expected_pool_descriptors(members_accept);
         for pid in children(&server, 3) {
             let held = settled_descriptors(pid, &expected);
             assert_eq!(held, expected, "spare {pid}: {:?}", procfs::fds(pid));
@@ -236,7 +235,7 @@ fn a_pool_child_holds_its_channel_and_the_report_socket_and_nothing_of_its_sibli
         let mut held = connect(&server);
         echo(&mut held, b"ping");
         let busy = served_by(&server, 1)[0];
-        let expected = (sockets + 1, others.clone());
+        let expected = (expected.0 + 1, expected.1);
         assert_eq!(pool_descriptors(busy), expected, "busy {busy}: {:?}", procfs::fds(busy));
     }
 }
@@ -247,11 +246,10 @@ fn idle_children_accept_for_themselves_while_the_parent_is_stopped() {
     server.wait_for_log(&["idle children accept connections themselves"], 1, TIMEOUT).unwrap();
     let spares = children(&server, 2);
     // The parent cannot run: a connection served now never went through it.
-    let parent = Pid::from_raw(server.pid());
-    kill(parent, Signal::SIGSTOP).unwrap();
+    crate::stop(&server);
     let addr = server.addr();
     let reply = std::panic::catch_unwind(|| exchange(addr, b"parent stopped"));
-    kill(parent, Signal::SIGCONT).unwrap();
+    server.signal(Signal::SIGCONT).unwrap();
     assert_eq!(reply.unwrap(), b"parent stopped");
     // Once it runs again, the parent logs and counts the connection from the
     // member's report, and the member's exit as that connection's end.
@@ -430,14 +428,22 @@ fn finishing_the_backlog_at_shutdown_stays_within_the_child_limit() {
     // With --reuse-port, shutdown first takes what waits in the backlog. When
     // members accept, each connection the parent takes gets a member forked
     // for it: within --max-children, never past it, however many wait.
-    let args = ["--reuse-port", "--prefork", "2", "--max-children", "4", "--grace", "0.3"];
-    let mut args = args.to_vec();
-    args.extend(["--connections-per-child", "0"]);
+    let args = [
+        "--reuse-port",
+        "--prefork",
+        "2",
+        "--max-children",
+        "4",
+        "--grace",
+        "0.3",
+        "--connections-per-child",
+        "0",
+    ];
     let mut server = server("127.0.0.1", &args);
     let spares = children(&server, 2);
     // Stopped, the spares take nothing: eight clients wait in the backlog.
     for &pid in &spares {
-        kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+        crate::stop_pid(pid);
     }
     let _guards: Vec<KillOnDrop> = spares.iter().map(|&pid| KillOnDrop::new(pid)).collect();
     let _clients: Vec<std::net::TcpStream> = (0..8).map(|_| connect(&server)).collect();

@@ -12,7 +12,7 @@ use crate::{as_nobody, is_root};
 
 /// The `Uid:` or `Gid:` line of `/proc/PID/status` (real, effective, saved,
 /// filesystem), or `Groups:`.
-fn ids(pid: i32, key: &str) -> Vec<u32> {
+pub(crate) fn ids(pid: i32, key: &str) -> Vec<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|line| line.starts_with(key)).unwrap();
     line[key.len()..].split_whitespace().map(|id| id.parse().unwrap()).collect()

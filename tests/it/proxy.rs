@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration_tests::{Server, TIMEOUT, binary, wait_until};
+use integration_tests::{Server, TIMEOUT, wait_until};
 use nix::sys::signal::Signal;
 
 use crate::{expect_unserved, installed_or_skip, server};
@@ -38,14 +38,7 @@ fn v2_ipv6(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
 /// Connects to `server`, sends `header` then `data`, closes the sending side
 /// and returns everything that came back.
 fn through(server: SocketAddr, header: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(server).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.write_all(header).unwrap();
-    stream.write_all(data).unwrap();
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut back = Vec::new();
-    stream.read_to_end(&mut back).unwrap();
-    back
+    crate::exchange(server, &[header, data].concat())
 }
 
 /// A held connection from a "client" at `client`, echoed once.
@@ -70,13 +63,8 @@ fn a_balancers_header_names_the_client_and_is_not_echoed() {
     assert_eq!(through(addr, &v2_ipv6(client, addr), b"v2 payload"), b"v2 payload");
     server.wait_for_log(&["accepted a connection", "peer=[2001:db8::1]:5555"], 1, TIMEOUT).unwrap();
     // UNKNOWN: the balancer's own address stands.
-    let mut stream = TcpStream::connect(addr).unwrap();
+    let (stream, back) = crate::exchange_on(addr, b"PROXY UNKNOWN\r\nlocal");
     let own = stream.local_addr().unwrap().to_string();
-    stream.write_all(b"PROXY UNKNOWN\r\nlocal").unwrap();
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut back = Vec::new();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.read_to_end(&mut back).unwrap();
     assert_eq!(back, b"local");
     server.wait_for_log(&["accepted a connection", &format!("peer={own}")], 1, TIMEOUT).unwrap();
 }
@@ -113,7 +101,7 @@ fn the_clients_address_drives_the_limits_and_the_access_rules() {
     server.signal(Signal::SIGUSR1).unwrap();
     let counted =
         "refused 2 (denied by the access rules 1, too many connections from this address 1)";
-    server.wait_for_log(&[counted], 1, TIMEOUT).unwrap();
+    crate::counters_with(&server, counted);
 }
 
 #[test]
@@ -140,12 +128,7 @@ fn a_balancer_without_a_valid_header_in_time_is_refused_and_holds_up_no_one() {
     drop(half);
     // (One refusal line a second: the counters have them all.)
     let counted = "refused 3 (PROXY header timed out 2, no valid PROXY header 1)";
-    wait_until(TIMEOUT, "the three refusals counted", || {
-        server.signal(Signal::SIGUSR1).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        server.log().iter().any(|line| line.contains(counted)).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}: {:#?}", server.log()));
+    crate::counters_with(&server, counted);
     assert_eq!(
         server.log().iter().filter(|l| l.contains("accepted a connection")).count(),
         1,
@@ -199,8 +182,7 @@ fn exec_mode_gets_the_clients_address() {
 /// The HAProxy configuration in `docs/deploy/haproxy.md`: its one `haproxy`
 /// code block.
 fn documented_haproxy_config() -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy/haproxy.md");
-    let doc = std::fs::read_to_string(&path).unwrap();
+    let doc = crate::deploy::file("haproxy.md");
     let start = doc.find("```haproxy\n").expect("a ```haproxy block") + "```haproxy\n".len();
     let end = start + doc[start..].find("```").unwrap();
     doc[start..end].to_owned()
@@ -235,14 +217,9 @@ fn haproxy_in_front_of_two_instances_passes_each_clients_address() {
     // its own address (its port), not HAProxy's.
     let mut ports = Vec::new();
     for index in 0..8 {
-        let mut stream = TcpStream::connect(front).unwrap();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        ports.push(stream.local_addr().unwrap().port());
         let message = format!("through haproxy {index}");
-        stream.write_all(message.as_bytes()).unwrap();
-        stream.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut back = Vec::new();
-        stream.read_to_end(&mut back).unwrap();
+        let (stream, back) = crate::exchange_on(front, message.as_bytes());
+        ports.push(stream.local_addr().unwrap().port());
         assert_eq!(back, message.as_bytes());
     }
     for port in &ports {
@@ -263,13 +240,12 @@ fn haproxy_in_front_of_two_instances_passes_each_clients_address() {
     }
     drop(haproxy);
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = binary("echo-server");
 }
 
 /// Whether `stream` sees its connection closed (end of file or a reset)
-/// within `wait`.
-fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
-    stream.set_read_timeout(Some(wait)).unwrap();
+/// within [`TIMEOUT`].
+fn closed_within_timeout(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut rest = Vec::new();
     match stream.read_to_end(&mut rest) {
         Ok(_) => true,
@@ -291,7 +267,7 @@ fn a_connection_waiting_for_its_header_is_held_by_no_child() {
         let _served = held(addr, "192.0.2.5:5");
         let _spare_forked_meanwhile = held(addr, "192.0.2.6:6");
         // Refused at its deadline by the parent: the connection really closes.
-        assert!(closed_within(&mut waiting, TIMEOUT), "{mode:?}: a child still holds it");
+        assert!(closed_within_timeout(&mut waiting), "{mode:?}: a child still holds it");
         server.wait_for_log(&["PROXY header timed out"], 1, TIMEOUT).unwrap();
     }
 }
@@ -337,18 +313,10 @@ fn a_full_waiting_room_refuses_more_balancer_connections_but_stops_no_one_else()
     let silent: Vec<TcpStream> = (0..32).map(|_| TcpStream::connect(v4).unwrap()).collect();
     // The 33rd balancer connection is refused at once…
     let mut extra = TcpStream::connect(v4).unwrap();
-    assert!(closed_within(&mut extra, TIMEOUT), "a 33rd waiting connection was kept");
+    assert!(closed_within_timeout(&mut extra), "a 33rd waiting connection was kept");
     // …and an ordinary client is served all the same.
     let line = server.wait_for_log(&["listening on [::1]:"], 1, TIMEOUT).unwrap();
-    let v6: SocketAddr = line[0]
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let v6 = integration_tests::server::listening_addr(&line[0]).unwrap();
     assert_eq!(crate::exchange(v6, b"not stopped"), b"not stopped");
     drop(silent);
 }

@@ -5,8 +5,7 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use integration_tests::{Server, TIMEOUT, procfs, wait_until};
-use nix::sys::signal::Signal;
+use integration_tests::{TIMEOUT, procfs};
 
 use crate::{connect, echo, is_root, server};
 
@@ -27,20 +26,6 @@ fn replies(socket: &UdpSocket) -> Vec<Vec<u8>> {
     got
 }
 
-/// The server's counters line after SIGUSR1, once it shows `wanted`.
-fn counters_with(server: &Server, wanted: &str) -> String {
-    wait_until(TIMEOUT, &format!("counters with {wanted:?}"), || {
-        server.signal(Signal::SIGUSR1).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        server
-            .log()
-            .into_iter()
-            .rev()
-            .find(|line| line.contains("counters:") && line.contains(wanted))
-    })
-    .unwrap_or_else(|e| panic!("{e}: {:#?}", server.log()))
-}
-
 #[test]
 fn datagrams_are_echoed_by_the_parent_without_a_fork() {
     let server = server("127.0.0.1", &["--udp"]);
@@ -52,15 +37,17 @@ fn datagrams_are_echoed_by_the_parent_without_a_fork() {
         assert_eq!((&buf[..len], from), (message, server.addr()));
     }
     assert!(server.children().is_empty(), "a datagram was given a child");
-    counters_with(&server, "datagrams received 3, answered 3, guarded port 0, over the rate 0");
+    crate::counters_with(
+        &server,
+        "datagrams received 3, answered 3, guarded port 0, over the rate 0",
+    );
     // TCP on the same port is served as ever, and its child does not hold
     // the UDP socket: its connection is its one socket.
     let mut stream = connect(&server);
     echo(&mut stream, b"tcp too");
     let child = server.wait_for_children(1, TIMEOUT).unwrap()[0].pid;
-    let fds = procfs::fds(child).unwrap();
-    let sockets = fds.iter().filter(|(fd, to)| *fd > 2 && to.starts_with("socket:[")).count();
-    assert_eq!(sockets, 1, "the child holds more than its connection: {fds:?}");
+    let (sockets, _) = crate::hygiene::extra_descriptors(child);
+    assert_eq!(sockets, 1, "the child holds more than its connection: {:?}", procfs::fds(child));
 }
 
 #[test]
@@ -73,7 +60,7 @@ fn each_address_gets_at_most_its_rate_of_replies() {
     let answered = replies(&socket).len();
     // Three at once, perhaps one more if a third of a second passed.
     assert!((3..=4).contains(&answered), "{answered} replies to a burst of 10 at 3 a second");
-    counters_with(&server, "datagrams received 10");
+    crate::counters_with(&server, "datagrams received 10");
     // A second later there are tokens again.
     std::thread::sleep(Duration::from_millis(1100));
     socket.send_to(b"later", server.addr()).unwrap();
@@ -117,7 +104,7 @@ fn a_service_that_would_answer_back_is_never_answered() {
         assert!(replies(socket).is_empty(), "source port {port} was answered");
     }
     let guarded = format!("guarded port {}", sockets.len());
-    counters_with(&server, &guarded);
+    crate::counters_with(&server, &guarded);
     // An ordinary client still is.
     let ordinary = client("127.0.0.1:0", Duration::from_millis(500));
     ordinary.send_to(b"hello", server.addr()).unwrap();

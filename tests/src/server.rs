@@ -273,7 +273,7 @@ fn command(wrapper: &[&str], server: &Path) -> Command {
 }
 
 /// The address in a `listening on ADDR:PORT` log line.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
+pub fn listening_addr(line: &str) -> Option<SocketAddr> {
     let (_, rest) = line.split_once("listening on ")?;
     // Ends at a space (text) or at the closing quote of a JSON string.
     rest.split(|c: char| c.is_whitespace() || c == '"').next()?.parse().ok()

@@ -101,20 +101,19 @@ fn ci() -> bool {
         return false;
     }
     // The server under load, briefly: a lost byte, a lingering zombie or a
-    // growing parent fails the gate.
-    println!("==> stress --quick");
-    if !stress::run(&["--quick".to_owned()]) {
-        return false;
-    }
-    // The same in pool mode, whose children outlive their connections: with
-    // idle children accepting, then with the parent handing connections over
-    // (as it does when a per-address policy is set).
-    println!("==> stress --quick --prefork 4");
-    if !stress::run(&["--quick", "--prefork", "4"].map(str::to_owned)) {
-        return false;
-    }
-    println!("==> stress --quick --prefork 4 --parent-accepts");
-    stress::run(&["--quick", "--prefork", "4", "--parent-accepts"].map(str::to_owned))
+    // growing parent fails the gate. In fork mode, then in pool mode, whose
+    // children outlive their connections: with idle children accepting, then
+    // with the parent handing connections over (as it does when a
+    // per-address policy is set).
+    let runs: [&[&str]; 3] = [
+        &["--quick"],
+        &["--quick", "--prefork", "4"],
+        &["--quick", "--prefork", "4", "--parent-accepts"],
+    ];
+    runs.iter().all(|args| {
+        println!("==> stress {}", args.join(" "));
+        stress::run(&args.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>())
+    })
 }
 
 /// Whether this runs under CI (`CI=true`), where every test must run: CI runs

@@ -199,6 +199,9 @@ struct Run {
     scale: Scale,
     /// Pool mode, or fork mode (`None`).
     pool: Option<Pool>,
+    /// What every server of the run is started with for its mode (pool
+    /// mode's arguments; none in fork mode).
+    mode_args: Vec<String>,
     /// Seeds every payload and delay (`STRESS_SEED` replays a run).
     seed: u64,
     rows: Vec<Row>,
@@ -236,6 +239,7 @@ impl Run {
         Self {
             scale,
             pool,
+            mode_args: pool.map(Pool::args).unwrap_or_default(),
             seed,
             rows: Vec::new(),
             footprints: Vec::new(),
@@ -289,13 +293,14 @@ impl Run {
         let (soft, hard) = raise_nofile()?;
         let program = integration_tests::binary("echo-server")?;
         self.binary = program.display().to_string();
-        let mode = self.pool.map_or_else(|| "fork mode".to_owned(), |pool| pool.args().join(" "));
+        let mode =
+            if self.pool.is_some() { self.mode_args.join(" ") } else { "fork mode".to_owned() };
         println!("stress ({}, {mode}): {}, seed {:#x}", self.scale.name, self.binary, self.seed);
-        if self.pool.is_some() {
+        if let Some(pool) = self.pool {
             self.note(format!(
                 "{mode}: each server keeps idle children, up to {} once idle; the parent's \
                  descriptor counts below leave out its one channel per child",
-                self.pool.map_or(0, Pool::idle_ceiling)
+                pool.idle_ceiling()
             ));
         }
         self.note(format!("RLIMIT_NOFILE of this process: soft {soft} raised to {hard}"));
@@ -319,8 +324,7 @@ impl Run {
     fn start_main(&mut self, program: &Path) -> Result<Main, String> {
         let max_children = (self.scale.held + 100).to_string();
         let mut args = vec!["0", "--bind", "127.0.0.1", "--max-children", max_children.as_str()];
-        let pool_args = self.pool.map(Pool::args).unwrap_or_default();
-        args.extend(pool_args.iter().map(String::as_str));
+        args.extend(self.mode_args.iter().map(String::as_str));
         let server = Server::start_program(program, &args)?;
         watch(server.pid());
         let pid = server.pid();
@@ -345,17 +349,8 @@ impl Run {
     /// what the server counted over the phase.
     fn settle(&mut self, main: &mut Main, phase: &str) -> Option<Counters> {
         self.wait_until_idle(main.server.pid(), phase);
-        match Footprint::settled(main.server.pid(), &main.before, self.channels_per_child()) {
-            Ok((now, extra)) => {
-                if !extra.is_empty() {
-                    self.note(format!(
-                        "{phase}: the idle parent held {} extra descriptor(s) for a moment: {}",
-                        extra.len(),
-                        extra.join(", ")
-                    ));
-                }
-                main.fds_by_phase.push(format!("{phase} {}", now.fds));
-            }
+        match self.footprint_after(main.server.pid(), &main.before, phase) {
+            Ok(now) => main.fds_by_phase.push(format!("{phase} {}", now.fds)),
             Err(e) => self.fail(format!("{phase}: {e}")),
         }
         match usr1_counters(&main.server) {
@@ -454,8 +449,7 @@ impl Run {
              --idle-timeout {IDLE_TIMEOUT}"
         );
         let mut args = vec!["0", "--bind", "127.0.0.1", "--idle-timeout", IDLE_TIMEOUT];
-        let pool_args = self.pool.map(Pool::args).unwrap_or_default();
-        args.extend(pool_args.iter().map(String::as_str));
+        args.extend(self.mode_args.iter().map(String::as_str));
         let mut server = Server::start_program(program, &args)?;
         watch(server.pid());
         let pid = server.pid();
@@ -492,7 +486,7 @@ impl Run {
                 None
             }
         };
-        let after = self.footprint_after(pid, &before);
+        let after = self.footprint_after(pid, &before, &format!("pid {pid}"));
         let status = server.terminate(EXIT_BOUND);
         unwatch(pid);
         let peaks = monitor.take_peaks();
@@ -588,9 +582,8 @@ impl Run {
         let phase = "5. stalled log";
         let n = self.scale.stalled;
         println!("==> {phase}: -v logging into a full pipe; {n} short connections, 10 % reset");
-        let pool_args = self.pool.map(Pool::args).unwrap_or_default();
         let mut server =
-            Stalled::start_with(&pool_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+            Stalled::start_with(&self.mode_args.iter().map(String::as_str).collect::<Vec<_>>())?;
         watch(server.pid());
         let pid = server.pid();
         let monitor = Monitor::start(pid);
@@ -600,7 +593,7 @@ impl Run {
         let duration = started.elapsed();
         self.wait_until_idle(pid, phase);
         // The parent's footprint while its log pipe is still full.
-        let after = self.footprint_after(pid, &before);
+        let after = self.footprint_after(pid, &before, &format!("pid {pid}"));
 
         // Drain the pipe; one more connection gives the parent a line to
         // write, which the count of lost lines precedes.
@@ -730,7 +723,7 @@ impl Run {
             "main server: parent descriptors after each phase: {}",
             fds_by_phase.join(", ")
         ));
-        let after = self.footprint_after(pid, &before);
+        let after = self.footprint_after(pid, &before, &format!("pid {pid}"));
         println!("==> SIGTERM to the main server");
         let status = server.terminate(EXIT_BOUND);
         unwatch(pid);
@@ -747,11 +740,16 @@ impl Run {
 
     /// The parent's footprint once idle (see [`Footprint::settled`]), noting
     /// descriptors it held only for a moment.
-    fn footprint_after(&mut self, pid: i32, before: &Footprint) -> Result<Footprint, String> {
+    fn footprint_after(
+        &mut self,
+        pid: i32,
+        before: &Footprint,
+        label: &str,
+    ) -> Result<Footprint, String> {
         let (after, extra) = Footprint::settled(pid, before, self.channels_per_child())?;
         if !extra.is_empty() {
             self.note(format!(
-                "pid {pid}: the idle parent held {} extra descriptor(s) for a moment: {}",
+                "{label}: the idle parent held {} extra descriptor(s) for a moment: {}",
                 extra.len(),
                 extra.join(", ")
             ));
@@ -835,7 +833,7 @@ impl Run {
             "# cargo xtask stress{}{}\n\n{} on {} CPU(s); seed {:#x} (STRESS_SEED replays it); \
              {:.0} s in all. {verdict}.\n\n",
             if self.scale.name == "quick" { " --quick" } else { "" },
-            self.pool.map(|pool| format!(" {}", pool.args().join(" "))).unwrap_or_default(),
+            self.mode_args.iter().map(|arg| format!(" {arg}")).collect::<String>(),
             self.binary,
             std::thread::available_parallelism().map_or(0, usize::from),
             self.seed,

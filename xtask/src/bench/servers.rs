@@ -65,17 +65,16 @@ pub(super) struct Spec {
 const OURS_ARGS: &[&str] =
     &["0", "--bind", "127.0.0.1", "-q", "--max-children", "{children}", "--idle-timeout", "300"];
 
-/// `echo-server` in a mode: its column's name and the mode's arguments.
+/// A server of the comparison: every workload, no idle children, no PROXY
+/// header, full runs only.
+const fn spec(name: &'static str, program: Program, args: &'static [&'static str]) -> Spec {
+    Spec { name, program, args, workloads: Workload::ALL, idle: 0, proxy: false, quick: false }
+}
+
+/// `echo-server` in a mode: its column's name and the mode's arguments; in
+/// quick runs too.
 const fn ours(name: &'static str, args: &'static [&'static str]) -> Spec {
-    Spec {
-        name,
-        program: Program::Ours,
-        args,
-        workloads: Workload::ALL,
-        idle: 0,
-        proxy: false,
-        quick: true,
-    }
+    Spec { quick: true, ..spec(name, Program::Ours, args) }
 }
 
 /// `echo-server` in pool mode, which keeps up to `idle` children waiting.
@@ -99,60 +98,27 @@ pub(super) const SERVERS: &[Spec] = &[
         workloads: &[Workload::Connrate, Workload::Latency],
         ..ours("ours + PROXY v1", &["--proxy-protocol", "127.0.0.1/32"])
     },
-    Spec {
-        name: REFERENCE,
-        program: Program::Reference("echo"),
-        args: &[],
-        workloads: Workload::ALL,
-        idle: 0,
-        proxy: false,
-        quick: true,
-    },
-    Spec {
-        name: "socat",
-        program: Program::Installed("socat"),
-        // The listen backlog is 5 unless set: 128, as for the others. `-t`:
-        // after the client's EOF socat waits only 0.5 s (its default) for the
-        // echo still in flight and then closes, which cut bulk echoes short.
-        args: &["-t", "30", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=128", "PIPE"],
-        workloads: Workload::ALL,
-        idle: 0,
-        proxy: false,
-        quick: false,
-    },
+    Spec { quick: true, ..spec(REFERENCE, Program::Reference("echo"), &[]) },
+    // The listen backlog is 5 unless set: 128, as for the others. `-t`: after
+    // the client's EOF socat waits only 0.5 s (its default) for the echo
+    // still in flight and then closes, which cut bulk echoes short.
+    spec(
+        "socat",
+        Program::Installed("socat"),
+        &["-t", "30", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=128", "PIPE"],
+    ),
     // Exec mode against what it replaces, tcpserver running the same cat.
     Spec { quick: false, ..ours("ours -- cat", &["--", "cat"]) },
+    // No DNS or ident lookups (-R -H -l 0): they would measure the resolver.
+    // Its backlog (20) and concurrency limit (40) raised.
+    spec(
+        "tcpserver + cat",
+        Program::Installed("tcpserver"),
+        &["-R", "-H", "-l", "0", "-b", "128", "-c", "{children}", "127.0.0.1", "{port}", "cat"],
+    ),
     Spec {
-        name: "tcpserver + cat",
-        program: Program::Installed("tcpserver"),
-        // No DNS or ident lookups (-R -H -l 0): they would measure the
-        // resolver. Its backlog (20) and concurrency limit (40) raised.
-        args: &[
-            "-R",
-            "-H",
-            "-l",
-            "0",
-            "-b",
-            "128",
-            "-c",
-            "{children}",
-            "127.0.0.1",
-            "{port}",
-            "cat",
-        ],
-        workloads: Workload::ALL,
-        idle: 0,
-        proxy: false,
-        quick: false,
-    },
-    Spec {
-        name: "no-fork C (limit)",
-        program: Program::Reference("nofork"),
-        args: &[],
         workloads: &[Workload::Connrate, Workload::Latency],
-        idle: 0,
-        proxy: false,
-        quick: false,
+        ..spec("no-fork C (limit)", Program::Reference("nofork"), &[])
     },
 ];
 
